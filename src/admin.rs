@@ -1,0 +1,171 @@
+//! The loopback admin endpoint (HTTP/1.1): `/healthz` (the process is alive), `/readyz`
+//! (200 only when at least one server is ready), `/metrics` (Prometheus text) and `/status`
+//! (JSON: every server's state, cause, last check, latencies and connections). Read-only:
+//! nothing here changes what the proxy does.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::Backends;
+use crate::metrics::Metrics;
+use crate::proxy::Proxy;
+
+pub struct Admin {
+    pub backends: Arc<Backends>,
+    pub metrics: Arc<Metrics>,
+    pub proxy: Arc<Proxy>,
+    pub started: SystemTime,
+}
+
+/// `/status`, also read by `apilb status`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Status {
+    pub ready: bool,
+    pub version: String,
+    pub uptime_seconds: u64,
+    pub client_connections: usize,
+    pub servers: Vec<ServerStatus>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ServerStatus {
+    pub server: String,
+    pub addresses: Vec<String>,
+    pub state: String,
+    pub reason: String,
+    pub since_seconds: Option<u64>,
+    pub last_check_seconds_ago: Option<f64>,
+    pub ping_rtt_ms: Option<f64>,
+    pub readyz_latency_ms: Option<f64>,
+    pub readyz_status: Option<u16>,
+    pub protocol: Option<String>,
+    pub active_connections: usize,
+    pub connect_failed: bool,
+}
+
+fn ago(t: Option<SystemTime>) -> Option<f64> {
+    t.and_then(|t| t.elapsed().ok()).map(|d| d.as_secs_f64())
+}
+
+impl Admin {
+    pub fn status(&self) -> Status {
+        let servers = self
+            .backends
+            .snapshot()
+            .iter()
+            .map(|b| {
+                let o = b.observed();
+                ServerStatus {
+                    server: b.name.clone(),
+                    addresses: b.addrs().iter().map(|a| a.to_string()).collect(),
+                    state: b.state().as_str().to_string(),
+                    reason: o.reason,
+                    since_seconds: ago(o.since).map(|s| s as u64),
+                    last_check_seconds_ago: ago(o.last_check),
+                    ping_rtt_ms: o.ping_rtt.map(|d| d.as_secs_f64() * 1e3),
+                    readyz_latency_ms: o.readyz_latency.map(|d| d.as_secs_f64() * 1e3),
+                    readyz_status: o.readyz_status,
+                    protocol: o.protocol.map(str::to_string),
+                    active_connections: b.active(),
+                    connect_failed: b.passive_failed(),
+                }
+            })
+            .collect();
+        Status {
+            ready: self.backends.any_ready(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_seconds: ago(Some(self.started)).unwrap_or(0.0) as u64,
+            client_connections: self.proxy.connections(),
+            servers,
+        }
+    }
+
+    fn respond(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+        let text = |code: StatusCode, body: String, ctype: &'static str| {
+            let mut r = Response::new(Full::new(Bytes::from(body)));
+            *r.status_mut() = code;
+            r.headers_mut()
+                .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(ctype));
+            r
+        };
+        const PLAIN: &str = "text/plain; charset=utf-8";
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into(), PLAIN);
+        }
+        match req.uri().path() {
+            "/healthz" | "/livez" => text(StatusCode::OK, "ok\n".into(), PLAIN),
+            "/readyz" => {
+                if self.backends.any_ready() {
+                    text(StatusCode::OK, "ok\n".into(), PLAIN)
+                } else {
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "no server is ready\n".into(),
+                        PLAIN,
+                    )
+                }
+            }
+            "/metrics" => {
+                let mut out = String::new();
+                match prometheus_client::encoding::text::encode(&mut out, &self.metrics.registry) {
+                    Ok(()) => text(
+                        StatusCode::OK,
+                        out,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                    Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), PLAIN),
+                }
+            }
+            "/status" => match serde_json::to_string_pretty(&self.status()) {
+                Ok(s) => text(StatusCode::OK, s + "\n", "application/json"),
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), PLAIN),
+            },
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "not found; try /healthz /readyz /metrics /status\n".into(),
+                PLAIN,
+            ),
+        }
+    }
+
+    /// Serves until `stop` is cancelled.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, stop: CancellationToken) {
+        loop {
+            let (stream, _) = tokio::select! {
+                () = stop.cancelled() => return,
+                r = listener.accept() => match r {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let me = self.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let resp = me.respond(&req);
+                    async move { Ok::<_, Infallible>(resp) }
+                });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(std::time::Duration::from_secs(10))
+                    .serve_connection(io, svc);
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "admin connection");
+                }
+            });
+        }
+    }
+}

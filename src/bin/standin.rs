@@ -1,0 +1,542 @@
+//! `apilb-standin`: a stand-in for a Kubernetes kube-apiserver.
+//!
+//! This binary exists only for apilb's integration tests and the README demo. It is
+//! **not** part of a node install and is not a real apiserver.
+//!
+//! ```text
+//! apilb-standin --listen 127.0.0.2:16443 --cert server.pem --key server-key.pem \
+//!     --name cp1 [--client-ca ca.pem]
+//! ```
+//!
+//! Once the listener is bound it prints exactly one line, `listening on <addr>`, to
+//! stdout, then serves until SIGTERM/SIGINT (exit 0). Bad flags or unreadable
+//! certificate/key files exit 1 with a message naming the flag.
+//!
+//! Every accepted connection is classified by its first byte:
+//!
+//! * `0x16` (a TLS handshake record): TLS (ALPN `h2` and `http/1.1`), then HTTP/2 or
+//!   HTTP/1.1. With `--client-ca`, a client certificate signed by that CA is required.
+//! * anything else: raw mode. Every byte is echoed back unchanged until the client
+//!   half-closes; then the trailer `bye from <name>\n` is written and the write side is
+//!   shut down. The trailer therefore only arrives if a proxy in between propagated the
+//!   client's FIN.
+//!
+//! HTTP endpoints:
+//!
+//! * `GET /readyz`: the current readiness status (200 `ok` by default).
+//! * `GET /healthz`, `GET /livez`: 200 `ok`.
+//! * `PUT /-/readyz?status=N` (100-599): make `/readyz` answer `N` from now on.
+//! * `GET /whoami`: `{"server":<name>,"client_cert":<bool>,"alpn":"h2"|"http/1.1"}` + `\n`.
+//! * `POST /echo`: streams the request body back unchanged.
+//! * `GET /bytes?n=N`: exactly `N` bytes, byte `i` being `i % 251`, streamed.
+//! * `GET /watch[?interval_ms=100]`: a never-ending `application/json` stream, one line
+//!   `{"type":"ADDED","server":<name>,"seq":N}` per interval, `N` counting from 0.
+//! * anything else: 404.
+
+use std::convert::Infallible;
+use std::error::Error as StdError;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use anyhow::{anyhow, Context as _, Result};
+use bytes::Bytes;
+use clap::Parser;
+use http::{header, Method, Request, Response, StatusCode, Version};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::time::{Interval, MissedTickBehavior};
+use tokio_rustls::TlsAcceptor;
+
+/// Buffer size for raw-mode echo and chunk size for `/bytes`.
+const CHUNK: usize = 64 * 1024;
+/// `/bytes` pattern period.
+const PERIOD: usize = 251;
+/// Largest multiple of [`PERIOD`] not above [`CHUNK`], so every full `/bytes` chunk
+/// starts at pattern phase 0 and one shared buffer serves all chunks.
+const PATTERN_LEN: usize = CHUNK / PERIOD * PERIOD;
+/// Upper bound for `/watch?interval_ms=`.
+const MAX_WATCH_INTERVAL_MS: u64 = 3_600_000;
+
+type BoxError = Box<dyn StdError + Send + Sync>;
+type RespBody = BoxBody<Bytes, BoxError>;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "apilb-standin",
+    version,
+    about = "Stand-in kube-apiserver for apilb tests and demos (not part of a node install)"
+)]
+struct Args {
+    /// Address to listen on, e.g. 127.0.0.2:16443.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// PEM file with the server certificate chain (leaf first).
+    #[arg(long)]
+    cert: PathBuf,
+    /// PEM file with the server private key.
+    #[arg(long)]
+    key: PathBuf,
+    /// Name reported by /whoami, /watch and the raw-mode trailer.
+    #[arg(long)]
+    name: String,
+    /// PEM CA bundle; when given, clients must present a certificate signed by it.
+    #[arg(long)]
+    client_ca: Option<PathBuf>,
+}
+
+/// State shared by all connections.
+struct Shared {
+    name: Arc<str>,
+    readyz: AtomicU16,
+}
+
+/// Facts about one TLS connection, used by `/whoami`.
+#[derive(Clone, Copy)]
+struct ConnInfo {
+    client_cert: bool,
+    alpn: Option<&'static str>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("apilb-standin: error: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("apilb-standin: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<()> {
+    let tls = Arc::new(tls_config(&args)?);
+    let acceptor = TlsAcceptor::from(tls);
+
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
+    let local = listener
+        .local_addr()
+        .context("cannot read the listener's address")?;
+
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
+
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on {local}").context("cannot write to stdout")?;
+        out.flush().context("cannot flush stdout")?;
+    }
+
+    let shared = Arc::new(Shared {
+        name: Arc::from(args.name.as_str()),
+        readyz: AtomicU16::new(200),
+    });
+
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => return Ok(()),
+            _ = sigint.recv() => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let shared = shared.clone();
+                    let acceptor = acceptor.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = handle_conn(stream, acceptor, shared.clone()).await {
+                            eprintln!("[{}] connection from {peer}: {e:#}", shared.name);
+                        }
+                    });
+                }
+                Err(e) => {
+                    // E.g. EMFILE: log, back off briefly, keep serving.
+                    eprintln!("[{}] accept failed: {e}", shared.name);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
+/// Builds the rustls server config from the command-line flags.
+fn tls_config(args: &Args) -> Result<ServerConfig> {
+    // Fails only if a provider is already installed, which is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let certs = load_certs(&args.cert, "--cert")?;
+    let key = PrivateKeyDer::from_pem_file(&args.key).map_err(|e| {
+        anyhow!(
+            "--key {}: cannot load a PEM private key: {e}",
+            args.key.display()
+        )
+    })?;
+
+    let builder = ServerConfig::builder();
+    let builder = match &args.client_ca {
+        Some(ca_path) => {
+            let mut roots = RootCertStore::empty();
+            for cert in load_certs(ca_path, "--client-ca")? {
+                roots.add(cert).map_err(|e| {
+                    anyhow!(
+                        "--client-ca {}: unusable CA certificate: {e}",
+                        ca_path.display()
+                    )
+                })?;
+            }
+            let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
+                .build()
+                .map_err(|e| {
+                    anyhow!(
+                        "--client-ca {}: cannot build client verifier: {e}",
+                        ca_path.display()
+                    )
+                })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(certs, key).map_err(|e| {
+        anyhow!(
+            "--cert {} / --key {}: unusable certificate or key: {e}",
+            args.cert.display(),
+            args.key.display()
+        )
+    })?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Loads every certificate in a PEM file; an empty file is an error.
+fn load_certs(path: &Path, flag: &str) -> Result<Vec<CertificateDer<'static>>> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| {
+            anyhow!(
+                "{flag} {}: cannot load PEM certificates: {e}",
+                path.display()
+            )
+        })?;
+    if certs.is_empty() {
+        return Err(anyhow!(
+            "{flag} {}: no PEM certificates found",
+            path.display()
+        ));
+    }
+    Ok(certs)
+}
+
+/// Serves one accepted connection: TLS + HTTP if it starts with a TLS handshake
+/// record, raw echo otherwise. Returns at most one error, which the caller logs.
+async fn handle_conn(stream: TcpStream, acceptor: TlsAcceptor, shared: Arc<Shared>) -> Result<()> {
+    stream.set_nodelay(true).context("set TCP_NODELAY")?;
+
+    let mut first = [0u8; 1];
+    let n = stream.peek(&mut first).await.context("peek")?;
+    if n == 1 && first[0] == 0x16 {
+        serve_tls(stream, acceptor, shared).await
+    } else {
+        serve_raw(stream, &shared.name).await
+    }
+}
+
+/// Raw mode: echo until the client half-closes, then send the trailer and FIN.
+async fn serve_raw(mut stream: TcpStream, name: &str) -> Result<()> {
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = stream.read(&mut buf).await.context("raw: read")?;
+        if n == 0 {
+            break;
+        }
+        stream
+            .write_all(&buf[..n])
+            .await
+            .context("raw: write echo")?;
+    }
+    stream
+        .write_all(format!("bye from {name}\n").as_bytes())
+        .await
+        .context("raw: write trailer")?;
+    stream.shutdown().await.context("raw: shutdown")?;
+    Ok(())
+}
+
+async fn serve_tls(stream: TcpStream, acceptor: TlsAcceptor, shared: Arc<Shared>) -> Result<()> {
+    let tls = acceptor.accept(stream).await.context("TLS handshake")?;
+    let info = {
+        let conn = tls.get_ref().1;
+        ConnInfo {
+            client_cert: conn.peer_certificates().is_some_and(|c| !c.is_empty()),
+            alpn: match conn.alpn_protocol() {
+                Some(b"h2") => Some("h2"),
+                Some(b"http/1.1") => Some("http/1.1"),
+                _ => None,
+            },
+        }
+    };
+
+    let service = service_fn(move |req: Request<Incoming>| {
+        let shared = shared.clone();
+        async move { Ok::<_, Infallible>(route(req, &shared, info)) }
+    });
+
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder = match info.alpn {
+        Some("h2") => builder.http2_only(),
+        Some(_) => builder.http1_only(),
+        None => builder,
+    };
+    builder
+        .serve_connection(TokioIo::new(tls), service)
+        .await
+        .map_err(|e| anyhow!("HTTP: {e}"))
+}
+
+fn route(req: Request<Incoming>, shared: &Shared, info: ConnInfo) -> Response<RespBody> {
+    let path = req.uri().path();
+    let query = req.uri().query().unwrap_or("");
+    match path {
+        "/readyz" => {
+            let status = StatusCode::from_u16(shared.readyz.load(Ordering::Relaxed))
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let body = if status.is_success() {
+                "ok"
+            } else {
+                "readyz check failed"
+            };
+            text(status, body)
+        }
+        "/healthz" | "/livez" => text(StatusCode::OK, "ok"),
+        "/-/readyz" => {
+            if req.method() != Method::PUT && req.method() != Method::POST {
+                return text(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "use PUT /-/readyz?status=N\n",
+                );
+            }
+            match query_param(query, "status").and_then(|s| s.parse::<u16>().ok()) {
+                Some(code @ 100..=599) => {
+                    shared.readyz.store(code, Ordering::Relaxed);
+                    text(StatusCode::OK, format!("readyz now answers {code}\n"))
+                }
+                _ => text(
+                    StatusCode::BAD_REQUEST,
+                    "status must be an integer in 100..=599\n",
+                ),
+            }
+        }
+        "/whoami" => {
+            let alpn = info.alpn.unwrap_or(if req.version() == Version::HTTP_2 {
+                "h2"
+            } else {
+                "http/1.1"
+            });
+            // Built by hand to keep the documented key order.
+            let body = format!(
+                "{{\"server\":{},\"client_cert\":{},\"alpn\":\"{alpn}\"}}\n",
+                json_str(&shared.name),
+                info.client_cert,
+            );
+            json(body)
+        }
+        "/echo" => {
+            let mut resp = Response::new(req.into_body().map_err(BoxError::from).boxed());
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/octet-stream"),
+            );
+            resp
+        }
+        "/bytes" => match query_param(query, "n").and_then(|s| s.parse::<u64>().ok()) {
+            Some(n) => {
+                let mut resp = Response::new(PatternBody::new(n).boxed());
+                let headers = resp.headers_mut();
+                headers.insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("application/octet-stream"),
+                );
+                headers.insert(header::CONTENT_LENGTH, header::HeaderValue::from(n));
+                resp
+            }
+            None => text(
+                StatusCode::BAD_REQUEST,
+                "n must be a non-negative integer\n",
+            ),
+        },
+        "/watch" => {
+            let interval_ms = match query_param(query, "interval_ms") {
+                None => 100,
+                Some(s) => match s.parse::<u64>() {
+                    Ok(ms @ 1..=MAX_WATCH_INTERVAL_MS) => ms,
+                    _ => {
+                        return text(
+                            StatusCode::BAD_REQUEST,
+                            "interval_ms must be an integer in 1..=3600000\n",
+                        )
+                    }
+                },
+            };
+            let body = WatchBody::new(shared.name.clone(), Duration::from_millis(interval_ms));
+            let mut resp = Response::new(body.boxed());
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            resp
+        }
+        _ => text(StatusCode::NOT_FOUND, "404 page not found\n"),
+    }
+}
+
+/// First value of `key` in a `a=1&b=2` query string (no percent-decoding needed here).
+fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
+        .find_map(|(k, v)| (k == key).then_some(v))
+}
+
+/// `s` as a JSON string literal, quotes included.
+fn json_str(s: &str) -> String {
+    serde_json::Value::from(s).to_string()
+}
+
+fn full(body: impl Into<Bytes>) -> RespBody {
+    Full::new(body.into()).map_err(|e| match e {}).boxed()
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<RespBody> {
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+fn json(body: String) -> Response<RespBody> {
+    let mut resp = Response::new(full(body));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// `/bytes` body: `remaining` bytes of the `i % 251` pattern, in chunks that share
+/// one buffer.
+struct PatternBody {
+    pattern: Bytes,
+    remaining: u64,
+}
+
+impl PatternBody {
+    fn new(n: u64) -> Self {
+        // `i % PERIOD` is always below 251, so the cast cannot truncate.
+        let pattern: Vec<u8> = (0..PATTERN_LEN).map(|i| (i % PERIOD) as u8).collect();
+        Self {
+            pattern: Bytes::from(pattern),
+            remaining: n,
+        }
+    }
+}
+
+impl Body for PatternBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        // Every chunk but the last is PATTERN_LEN long, so each starts at phase 0.
+        let len = usize::try_from(self.remaining).map_or(PATTERN_LEN, |r| r.min(PATTERN_LEN));
+        self.remaining -= len as u64;
+        Poll::Ready(Some(Ok(Frame::data(self.pattern.slice(..len)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
+    }
+}
+
+/// `/watch` body: one JSON line per tick, forever. Hyper drops it when the client
+/// goes away, which ends the stream.
+struct WatchBody {
+    name: Arc<str>,
+    interval: Interval,
+    seq: u64,
+}
+
+impl WatchBody {
+    fn new(name: Arc<str>, period: Duration) -> Self {
+        // The first tick completes immediately, so event 0 is sent right away.
+        let mut interval = tokio::time::interval(period);
+        interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Self {
+            name,
+            interval,
+            seq: 0,
+        }
+    }
+}
+
+impl Body for WatchBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match this.interval.poll_tick(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(_) => {
+                let line = format!(
+                    "{{\"type\":\"ADDED\",\"server\":{},\"seq\":{}}}\n",
+                    json_str(&this.name),
+                    this.seq
+                );
+                this.seq += 1;
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from(line)))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        false
+    }
+}

@@ -1,0 +1,224 @@
+//! Command-line definitions of every subcommand (clap derive). Parsing only: values are
+//! validated and merged with the config file in `config`, and acted on in `main`.
+//!
+//! Flags of `apilb run` are `Option`s so that `config` can tell "given" from "default"
+//! (flags win over the file); the defaults are spelled out in each help text.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::LogFormat;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "apilb",
+    version,
+    about = "Node-local load balancer for the Kubernetes API server",
+    long_about = "apilb listens on 127.0.0.1:6443 on every node and forwards TCP (TLS stays end \
+                  to end) to the healthy control planes, with passive and active failover."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy.
+    Run(Box<RunArgs>),
+    /// Show the state of a running apilb (from its admin endpoint). Exit 0 when a server is ready.
+    Status(StatusArgs),
+    /// Point kubeconfigs at the local apilb, or put them back.
+    #[command(subcommand)]
+    Kubeconfig(KubeconfigCommand),
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e}; write e.g. 500ms, 2s or 1m"))
+}
+
+#[derive(Debug, Args, Default)]
+pub struct RunArgs {
+    /// Address to listen on (repeatable). Loopback only unless --allow-non-loopback.
+    /// [default: 127.0.0.1:6443]
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Vec<String>,
+
+    /// Allow --listen / --admin-listen on a non-loopback address.
+    #[arg(long)]
+    pub allow_non_loopback: bool,
+
+    /// A control plane, HOST:PORT (repeatable). Host names are re-resolved periodically.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub server: Vec<String>,
+
+    /// CA bundle that signs the apiserver certificates (health checks verify against it).
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+
+    /// Client certificate for health checks (when anonymous /readyz is disabled).
+    #[arg(long, value_name = "FILE")]
+    pub health_client_cert: Option<PathBuf>,
+
+    /// Key of --health-client-cert.
+    #[arg(long, value_name = "FILE")]
+    pub health_client_key: Option<PathBuf>,
+
+    /// Do not verify apiserver certificates in health checks (client traffic is never touched).
+    #[arg(long)]
+    pub health_insecure_skip_verify: bool,
+
+    /// Name to verify the apiserver certificate against in health checks. [default: the
+    /// server's host]
+    #[arg(long, value_name = "NAME")]
+    pub health_tls_server_name: Option<String>,
+
+    /// Admin endpoint (/healthz /readyz /metrics /status). [default: 127.0.0.1:6447]
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub admin_listen: Option<String>,
+
+    /// YAML config file; its keys are these flags' names. Flags win. Reloaded on change and
+    /// on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Log format. [default: text]
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+
+    /// Log level or tracing filter (error, warn, info, debug). [default: info]
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+
+    /// Timeout of each connect attempt to a server. [default: 2s]
+    #[arg(long, value_parser = duration, value_name = "DURATION")]
+    pub connect_timeout: Option<Duration>,
+
+    /// A connect not done after this starts a parallel attempt on the next server.
+    /// [default: 200ms]
+    #[arg(long, value_parser = duration, value_name = "DURATION")]
+    pub connect_race_delay: Option<Duration>,
+
+    /// A server silent this long after the client spoke gets the client's first bytes
+    /// replayed to the next server; the first to answer wins. [default: 500ms]
+    #[arg(long, value_parser = duration, value_name = "DURATION")]
+    pub first_byte_timeout: Option<Duration>,
+
+    /// Most client bytes kept for replay before the first server byte; past it the
+    /// connection is pinned. [default: 8192]
+    #[arg(long, value_name = "BYTES")]
+    pub replay_limit: Option<usize>,
+
+    /// HTTP/2 PING interval of the health connection (liveness). [default: 1s]
+    #[arg(long, value_parser = duration, value_name = "DURATION")]
+    pub health_ping_interval: Option<Duration>,
+
+    /// A PING unanswered this long is a failed liveness check. [default: 800ms]
+    #[arg(long, value_parser = duration, value_name = "DURATION")]
+    pub health_ping_timeout: Option<Duration>,
+
+    /// GET /readyz interval (±10% jitter; 1s while a server is not ready). [default: 4s]
+    #[arg(long, value_parser = duration, value_name = "DURATION")]
+    pub health_readyz_interval: Option<Duration>,
+
+    /// Timeout of the health connection's connect + TLS, and of each /readyz. [default: 2s]
+    #[arg(long, value_parser = duration, value_name = "DURATION")]
+    pub health_timeout: Option<Duration>,
+
+    /// Consecutive liveness failures that mark a server down (and close its connections).
+    /// [default: 2]
+    #[arg(long, value_name = "N")]
+    pub health_fall: Option<u32>,
+
+    /// Consecutive good /readyz answers that bring a server back. [default: 2]
+    #[arg(long, value_name = "N")]
+    pub health_rise: Option<u32>,
+
+    /// Most concurrent client connections; new ones beyond it are closed and counted.
+    /// [default: 10000]
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// On SIGTERM/SIGINT: stop accepting, let connections run this long, then close.
+    /// [default: 5s]
+    #[arg(long, value_parser = duration, value_name = "DURATION")]
+    pub drain_grace: Option<Duration>,
+
+    /// How often host names in --server are resolved again. [default: 30s]
+    #[arg(long, value_parser = duration, value_name = "DURATION")]
+    pub resolve_interval: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Admin endpoint of the running apilb.
+    #[arg(long, default_value = "http://127.0.0.1:6447", value_name = "URL")]
+    pub admin_url: String,
+    /// Print the raw JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KubeconfigCommand {
+    /// Point a kubeconfig's server at the local apilb, keeping certificate verification.
+    Rewrite(KubeconfigRewriteArgs),
+    /// Put back the server a previous rewrite replaced.
+    Restore(KubeconfigRestoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KubeconfigRewriteArgs {
+    /// The kubeconfig to rewrite, or `-` for standard input to standard output.
+    pub file: PathBuf,
+    /// The new server URL.
+    #[arg(long, default_value = "https://127.0.0.1:6443", value_name = "URL")]
+    pub server: String,
+    /// Rewrite this cluster instead of the current context's.
+    #[arg(long, value_name = "NAME", conflicts_with = "all_clusters")]
+    pub cluster: Option<String>,
+    /// Rewrite every cluster.
+    #[arg(long)]
+    pub all_clusters: bool,
+    /// Name to verify the apiserver certificate against. [default: the original server's host]
+    #[arg(long, value_name = "NAME")]
+    pub tls_server_name: Option<String>,
+    /// Print a diff and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Keep a copy of the original next to it (FILE.apilb-backup).
+    #[arg(long)]
+    pub backup: bool,
+    /// The input is a ConfigMap; rewrite the kubeconfig under this data key.
+    #[arg(long, value_name = "KEY")]
+    pub configmap_key: Option<String>,
+    /// First wait until the local apilb reports a ready server.
+    #[arg(long)]
+    pub wait_ready: bool,
+    /// Admin endpoint used by --wait-ready.
+    #[arg(long, default_value = "http://127.0.0.1:6447", value_name = "URL")]
+    pub admin_url: String,
+    /// How long --wait-ready waits.
+    #[arg(long, default_value = "60s", value_parser = duration, value_name = "DURATION")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct KubeconfigRestoreArgs {
+    /// The kubeconfig to restore, or `-` for standard input to standard output.
+    pub file: PathBuf,
+    /// Restore this cluster only.
+    #[arg(long, value_name = "NAME", conflicts_with = "all_clusters")]
+    pub cluster: Option<String>,
+    /// Restore every cluster (the default restores every rewritten cluster).
+    #[arg(long)]
+    pub all_clusters: bool,
+    /// Print a diff and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The input is a ConfigMap; restore the kubeconfig under this data key.
+    #[arg(long, value_name = "KEY")]
+    pub configmap_key: Option<String>,
+}

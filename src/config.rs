@@ -1,0 +1,599 @@
+//! The `apilb run` configuration: the YAML file, the flags layered over it, the defaults,
+//! and validation.
+//!
+//! Every flag of `apilb run` is also a key of the config file, spelled the same way
+//! (`--ca-file` ⇔ `ca-file:`); flags win over the file. Validation happens here, once, and
+//! every error names where the bad value came from (the flag, or the file and key) and how
+//! to fix it. Nothing outside this module parses configuration; nothing in here does I/O
+//! other than reading the config file.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::cli::RunArgs;
+
+/// Default listen address: kubelet and kube-proxy are pointed at https://127.0.0.1:6443.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:6443";
+/// Default admin address. Chosen to collide with nothing a node already runs
+/// (apiserver 6443, k3s supervisor 6444, KubePrism 7445, 8081, kubelet/kube-proxy 10248–10260,
+/// node-exporter 9100, etcd 2379/2380, memberlist 7946).
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:6447";
+
+/// Every default in one place; `apilb run --help` prints these.
+pub mod defaults {
+    use std::time::Duration;
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+    pub const CONNECT_RACE_DELAY: Duration = Duration::from_millis(200);
+    pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_millis(500);
+    pub const REPLAY_LIMIT: usize = 8 * 1024;
+    pub const PING_INTERVAL: Duration = Duration::from_secs(1);
+    pub const PING_TIMEOUT: Duration = Duration::from_millis(800);
+    pub const READYZ_INTERVAL: Duration = Duration::from_secs(4);
+    pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+    pub const FALL: u32 = 2;
+    pub const RISE: u32 = 2;
+    pub const MAX_CONNECTIONS: usize = 10_000;
+    pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
+    pub const RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A control plane as the operator wrote it: `host:port`, `[v6]:port` or `ip:port`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ServerSpec {
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for ServerSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl ServerSpec {
+    /// Parses `host:port`. Errors are plain text; the caller says where the value came from.
+    pub fn parse(s: &str) -> Result<ServerSpec, String> {
+        let s = s.trim();
+        let s = s
+            .strip_prefix("https://")
+            .map(|r| r.trim_end_matches('/'))
+            .unwrap_or(s);
+        if s.is_empty() {
+            return Err("empty server address; write HOST:PORT, e.g. 10.0.0.11:6443".into());
+        }
+        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+            let (h, after) = rest
+                .split_once(']')
+                .ok_or_else(|| format!("`{s}`: missing `]` in IPv6 address; write [ADDR]:PORT"))?;
+            let port = after
+                .strip_prefix(':')
+                .ok_or_else(|| format!("`{s}`: missing port; write [{h}]:6443"))?;
+            (h.to_string(), port)
+        } else {
+            let (h, p) = s
+                .rsplit_once(':')
+                .ok_or_else(|| format!("`{s}`: missing port; write {s}:6443"))?;
+            if h.contains(':') {
+                return Err(format!(
+                    "`{s}`: IPv6 addresses need brackets; write [{h}]:{p}"
+                ));
+            }
+            (h.to_string(), p)
+        };
+        if host.is_empty() {
+            return Err(format!("`{s}`: missing host; write HOST:PORT"));
+        }
+        if host.contains('/') || host.contains(char::is_whitespace) {
+            return Err(format!("`{s}`: not a host name or IP address"));
+        }
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("`{s}`: port `{port}` is not a number from 1 to 65535"))?;
+        if port == 0 {
+            return Err(format!("`{s}`: port 0 is not allowed"));
+        }
+        Ok(ServerSpec { host, port })
+    }
+}
+
+/// The config file, as written. Every field optional; unknown keys are errors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileConfig {
+    pub listen: Option<Vec<String>>,
+    pub allow_non_loopback: Option<bool>,
+    pub server: Option<Vec<String>>,
+    pub ca_file: Option<PathBuf>,
+    pub health_client_cert: Option<PathBuf>,
+    pub health_client_key: Option<PathBuf>,
+    pub health_insecure_skip_verify: Option<bool>,
+    pub health_tls_server_name: Option<String>,
+    pub admin_listen: Option<String>,
+    pub log_format: Option<LogFormat>,
+    pub log_level: Option<String>,
+    pub connect_timeout: Option<String>,
+    pub connect_race_delay: Option<String>,
+    pub first_byte_timeout: Option<String>,
+    pub replay_limit: Option<usize>,
+    pub health_ping_interval: Option<String>,
+    pub health_ping_timeout: Option<String>,
+    pub health_readyz_interval: Option<String>,
+    pub health_timeout: Option<String>,
+    pub health_fall: Option<u32>,
+    pub health_rise: Option<u32>,
+    pub max_connections: Option<usize>,
+    pub drain_grace: Option<String>,
+    pub resolve_interval: Option<String>,
+}
+
+/// The validated configuration `apilb run` works from.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: Vec<SocketAddr>,
+    pub servers: Vec<ServerSpec>,
+    pub ca_file: Option<PathBuf>,
+    pub health_client_cert: Option<PathBuf>,
+    pub health_client_key: Option<PathBuf>,
+    pub health_insecure_skip_verify: bool,
+    pub health_tls_server_name: Option<String>,
+    pub admin_listen: SocketAddr,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub connect_timeout: Duration,
+    pub connect_race_delay: Duration,
+    pub first_byte_timeout: Duration,
+    pub replay_limit: usize,
+    pub health: HealthSettings,
+    pub max_connections: usize,
+    pub drain_grace: Duration,
+    pub resolve_interval: Duration,
+    /// The config file this came from, watched for changes.
+    pub config_file: Option<PathBuf>,
+    /// True when `--server` flags pinned the list: reloads of the file keep it.
+    pub servers_from_flags: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct HealthSettings {
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
+    pub readyz_interval: Duration,
+    pub timeout: Duration,
+    pub fall: u32,
+    pub rise: u32,
+}
+
+/// A configuration error: where the value came from, and what is wrong and how to fix it.
+#[derive(Debug, thiserror::Error)]
+#[error("{origin}: {message}")]
+pub struct ConfigError {
+    pub origin: String,
+    pub message: String,
+}
+
+fn flag_or_key(file: Option<&Path>, flag_given: bool, key: &str) -> String {
+    match (flag_given, file) {
+        (true, _) | (false, None) => format!("--{key}"),
+        (false, Some(f)) => format!("{}: key `{key}`", f.display()),
+    }
+}
+
+/// Reads and parses a config file.
+pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        origin: origin.clone(),
+        message: format!("cannot read the config file: {e}; check --config"),
+    })?;
+    if text.trim().is_empty() {
+        return Ok(FileConfig::default());
+    }
+    yaml_serde::from_str(&text).map_err(|e| ConfigError {
+        origin,
+        message: format!(
+            "invalid config: {e}. Keys are the `apilb run` flag names without dashes in front \
+             (see `apilb run --help`)"
+        ),
+    })
+}
+
+/// Builds the validated config from flags over the file (if any).
+pub fn load(args: &RunArgs) -> Result<Config, ConfigError> {
+    let file = match &args.config {
+        Some(p) => read_file(p)?,
+        None => FileConfig::default(),
+    };
+    resolve(args, file)
+}
+
+fn duration(
+    flag: Option<Duration>,
+    file_val: Option<&String>,
+    file: Option<&Path>,
+    key: &str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    if let Some(d) = flag {
+        return Ok(d);
+    }
+    match file_val {
+        None => Ok(default),
+        Some(s) => humantime::parse_duration(s).map_err(|e| ConfigError {
+            origin: flag_or_key(file, false, key),
+            message: format!("`{s}` is not a duration ({e}); write e.g. 500ms, 2s or 1m"),
+        }),
+    }
+}
+
+fn parse_listen(
+    values: &[String],
+    origin: &str,
+    allow_non_loopback: bool,
+) -> Result<Vec<SocketAddr>, ConfigError> {
+    let mut out = Vec::new();
+    for v in values {
+        let addr: SocketAddr = v.trim().parse().map_err(|_| ConfigError {
+            origin: origin.to_string(),
+            message: format!(
+                "`{v}` is not an IP:PORT address; write e.g. 127.0.0.1:6443 or [::1]:6443"
+            ),
+        })?;
+        if !addr.ip().is_loopback() && !allow_non_loopback {
+            return Err(ConfigError {
+                origin: origin.to_string(),
+                message: format!(
+                    "`{addr}` is not a loopback address: apilb would expose the apiserver path \
+                     to the network. Listen on 127.0.0.1 or [::1], or pass \
+                     --allow-non-loopback if that is really meant"
+                ),
+            });
+        }
+        out.push(addr);
+    }
+    Ok(out)
+}
+
+/// Merges flags over the file config, applies defaults and validates.
+pub fn resolve(args: &RunArgs, file: FileConfig) -> Result<Config, ConfigError> {
+    let fp = args.config.as_deref();
+    let allow_non_loopback = args.allow_non_loopback || file.allow_non_loopback.unwrap_or(false);
+
+    let (listen_vals, listen_flag) = if !args.listen.is_empty() {
+        (args.listen.clone(), true)
+    } else if let Some(l) = file.listen.clone() {
+        (l, false)
+    } else {
+        (vec![DEFAULT_LISTEN.to_string()], true)
+    };
+    let listen_origin = flag_or_key(fp, listen_flag, "listen");
+    let listen = parse_listen(&listen_vals, &listen_origin, allow_non_loopback)?;
+    if listen.is_empty() {
+        return Err(ConfigError {
+            origin: listen_origin,
+            message: "no listen address; write e.g. 127.0.0.1:6443".into(),
+        });
+    }
+
+    let servers_from_flags = !args.server.is_empty();
+    let server_vals = if servers_from_flags {
+        args.server.clone()
+    } else {
+        file.server.clone().unwrap_or_default()
+    };
+    let server_origin = flag_or_key(fp, servers_from_flags, "server");
+    let mut servers = Vec::new();
+    for v in &server_vals {
+        let spec = ServerSpec::parse(v).map_err(|message| ConfigError {
+            origin: server_origin.clone(),
+            message,
+        })?;
+        if servers.contains(&spec) {
+            return Err(ConfigError {
+                origin: server_origin.clone(),
+                message: format!("`{spec}` is listed twice; list each control plane once"),
+            });
+        }
+        servers.push(spec);
+    }
+    if servers.is_empty() {
+        return Err(ConfigError {
+            origin: server_origin,
+            message: "no servers: give each control plane as --server HOST:PORT (repeatable), \
+                      or list them under `server:` in the config file"
+                .into(),
+        });
+    }
+
+    let admin_given = args.admin_listen.is_some();
+    let admin_val = args
+        .admin_listen
+        .clone()
+        .or(file.admin_listen.clone())
+        .unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.to_string());
+    let admin_origin = flag_or_key(fp, admin_given || file.admin_listen.is_none(), "admin-listen");
+    let admin_listen = parse_listen(&[admin_val], &admin_origin, allow_non_loopback)?[0];
+
+    let skip_verify =
+        args.health_insecure_skip_verify || file.health_insecure_skip_verify.unwrap_or(false);
+    let ca_file = args.ca_file.clone().or(file.ca_file.clone());
+    if ca_file.is_none() && !skip_verify {
+        return Err(ConfigError {
+            origin: flag_or_key(fp, true, "ca-file"),
+            message: "health checks verify each apiserver's certificate: give the cluster CA \
+                      (e.g. --ca-file /etc/kubernetes/pki/ca.crt), or pass \
+                      --health-insecure-skip-verify to skip verification"
+                .into(),
+        });
+    }
+    let cert = args
+        .health_client_cert
+        .clone()
+        .or(file.health_client_cert.clone());
+    let key = args
+        .health_client_key
+        .clone()
+        .or(file.health_client_key.clone());
+    if cert.is_some() != key.is_some() {
+        let missing = if cert.is_none() {
+            "health-client-cert"
+        } else {
+            "health-client-key"
+        };
+        return Err(ConfigError {
+            origin: flag_or_key(fp, true, missing),
+            message: "a client certificate needs both --health-client-cert and \
+                      --health-client-key"
+                .into(),
+        });
+    }
+
+    let log_format = args.log_format.or(file.log_format).unwrap_or(LogFormat::Text);
+    let log_level = args
+        .log_level
+        .clone()
+        .or(file.log_level.clone())
+        .unwrap_or_else(|| "info".to_string());
+
+    use defaults as d;
+    let health = HealthSettings {
+        ping_interval: duration(
+            args.health_ping_interval,
+            file.health_ping_interval.as_ref(),
+            fp,
+            "health-ping-interval",
+            d::PING_INTERVAL,
+        )?,
+        ping_timeout: duration(
+            args.health_ping_timeout,
+            file.health_ping_timeout.as_ref(),
+            fp,
+            "health-ping-timeout",
+            d::PING_TIMEOUT,
+        )?,
+        readyz_interval: duration(
+            args.health_readyz_interval,
+            file.health_readyz_interval.as_ref(),
+            fp,
+            "health-readyz-interval",
+            d::READYZ_INTERVAL,
+        )?,
+        timeout: duration(
+            args.health_timeout,
+            file.health_timeout.as_ref(),
+            fp,
+            "health-timeout",
+            d::HEALTH_TIMEOUT,
+        )?,
+        fall: args.health_fall.or(file.health_fall).unwrap_or(d::FALL),
+        rise: args.health_rise.or(file.health_rise).unwrap_or(d::RISE),
+    };
+    for (v, key) in [(health.fall, "health-fall"), (health.rise, "health-rise")] {
+        if v == 0 {
+            return Err(ConfigError {
+                origin: flag_or_key(fp, true, key),
+                message: "must be at least 1".into(),
+            });
+        }
+    }
+    for (v, key) in [
+        (health.ping_interval, "health-ping-interval"),
+        (health.ping_timeout, "health-ping-timeout"),
+        (health.readyz_interval, "health-readyz-interval"),
+        (health.timeout, "health-timeout"),
+    ] {
+        if v < Duration::from_millis(10) {
+            return Err(ConfigError {
+                origin: flag_or_key(fp, true, key),
+                message: format!("{v:?} is too short; use at least 10ms"),
+            });
+        }
+    }
+    let max_connections = args
+        .max_connections
+        .or(file.max_connections)
+        .unwrap_or(d::MAX_CONNECTIONS);
+    if max_connections == 0 {
+        return Err(ConfigError {
+            origin: flag_or_key(fp, args.max_connections.is_some(), "max-connections"),
+            message: "must be at least 1".into(),
+        });
+    }
+    let connect_timeout = duration(
+        args.connect_timeout,
+        file.connect_timeout.as_ref(),
+        fp,
+        "connect-timeout",
+        d::CONNECT_TIMEOUT,
+    )?;
+    if connect_timeout.is_zero() {
+        return Err(ConfigError {
+            origin: flag_or_key(fp, true, "connect-timeout"),
+            message: "must be more than 0".into(),
+        });
+    }
+
+    Ok(Config {
+        listen,
+        servers,
+        ca_file,
+        health_client_cert: cert,
+        health_client_key: key,
+        health_insecure_skip_verify: skip_verify,
+        health_tls_server_name: args
+            .health_tls_server_name
+            .clone()
+            .or(file.health_tls_server_name.clone()),
+        admin_listen,
+        log_format,
+        log_level,
+        connect_timeout,
+        connect_race_delay: duration(
+            args.connect_race_delay,
+            file.connect_race_delay.as_ref(),
+            fp,
+            "connect-race-delay",
+            d::CONNECT_RACE_DELAY,
+        )?,
+        first_byte_timeout: duration(
+            args.first_byte_timeout,
+            file.first_byte_timeout.as_ref(),
+            fp,
+            "first-byte-timeout",
+            d::FIRST_BYTE_TIMEOUT,
+        )?,
+        replay_limit: args
+            .replay_limit
+            .or(file.replay_limit)
+            .unwrap_or(d::REPLAY_LIMIT),
+        health,
+        max_connections,
+        drain_grace: duration(
+            args.drain_grace,
+            file.drain_grace.as_ref(),
+            fp,
+            "drain-grace",
+            d::DRAIN_GRACE,
+        )?,
+        resolve_interval: duration(
+            args.resolve_interval,
+            file.resolve_interval.as_ref(),
+            fp,
+            "resolve-interval",
+            d::RESOLVE_INTERVAL,
+        )?,
+        config_file: args.config.clone(),
+        servers_from_flags,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn args(v: &[&str]) -> RunArgs {
+        let mut full = vec!["apilb", "run"];
+        full.extend_from_slice(v);
+        match crate::cli::Cli::try_parse_from(full) {
+            Ok(crate::cli::Cli {
+                command: crate::cli::Command::Run(a),
+                ..
+            }) => *a,
+            Ok(_) => panic!("not run"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn server_spec_forms() {
+        assert_eq!(
+            ServerSpec::parse("10.0.0.1:6443").unwrap(),
+            ServerSpec {
+                host: "10.0.0.1".into(),
+                port: 6443
+            }
+        );
+        assert_eq!(ServerSpec::parse("[fd00::1]:6443").unwrap().host, "fd00::1");
+        assert_eq!(
+            ServerSpec::parse("https://cp.example.com:6443/")
+                .unwrap()
+                .to_string(),
+            "cp.example.com:6443"
+        );
+        for bad in ["", "cp1", "fd00::1:6443", "cp:0", "cp:x", "[::1", ":6443"] {
+            assert!(ServerSpec::parse(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let c = load(&args(&["--server", "127.0.0.2:6443", "--ca-file", "/x"])).unwrap();
+        assert_eq!(c.listen, vec!["127.0.0.1:6443".parse().unwrap()]);
+        assert_eq!(c.admin_listen, DEFAULT_ADMIN_LISTEN.parse().unwrap());
+        assert_eq!(c.connect_race_delay, defaults::CONNECT_RACE_DELAY);
+        assert_eq!(c.health.fall, defaults::FALL);
+    }
+
+    #[test]
+    fn errors_name_the_flag() {
+        let e = load(&args(&["--ca-file", "/x"])).unwrap_err();
+        assert_eq!(e.origin, "--server");
+        assert!(e.message.contains("--server HOST:PORT"));
+        let e = load(&args(&["--server", "cp1"])).unwrap_err();
+        assert_eq!(e.origin, "--server");
+        let e = load(&args(&["--server", "a:1"])).unwrap_err();
+        assert_eq!(e.origin, "--ca-file");
+        let e = load(&args(&[
+            "--server",
+            "a:1",
+            "--health-insecure-skip-verify",
+            "--listen",
+            "0.0.0.0:6443",
+        ]))
+        .unwrap_err();
+        assert_eq!(e.origin, "--listen");
+        assert!(e.message.contains("--allow-non-loopback"));
+    }
+
+    #[test]
+    fn file_keys_and_flags_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.yaml");
+        std::fs::write(
+            &p,
+            "server: [\"127.0.0.2:6443\", \"127.0.0.3:6443\"]\nca-file: /ca\nconnect-race-delay: 50ms\nhealth-fall: 3\n",
+        )
+        .unwrap();
+        let ps = p.to_str().unwrap();
+        let c = load(&args(&["--config", ps, "--health-fall", "4"])).unwrap();
+        assert_eq!(c.servers.len(), 2);
+        assert_eq!(c.connect_race_delay, Duration::from_millis(50));
+        assert_eq!(c.health.fall, 4);
+        assert!(!c.servers_from_flags);
+
+        std::fs::write(&p, "servers: [a:1]\n").unwrap();
+        let e = load(&args(&["--config", ps])).unwrap_err();
+        assert_eq!(e.origin, ps);
+        assert!(e.message.contains("unknown field `servers`"), "{}", e.message);
+
+        std::fs::write(&p, "server: [a:1]\nca-file: /ca\ndrain-grace: soon\n").unwrap();
+        let e = load(&args(&["--config", ps])).unwrap_err();
+        assert!(e.origin.contains("drain-grace"), "{}", e.origin);
+        assert!(e.message.contains("not a duration"));
+    }
+}

@@ -1,0 +1,358 @@
+//! Getting a client connection a server that answers: connect racing, then first-byte
+//! racing. Where passive failover happens.
+//!
+//! * **Connect racing.** Servers are tried in the order `balance` gave. A refused or failed
+//!   connect moves on to the next server at once; a connect still pending after the race
+//!   delay starts a parallel attempt on the next one; the first to connect wins and the
+//!   others are dropped. A server whose connect failed is marked so that it gets no new
+//!   connections until a health check passes.
+//! * **First-byte racing.** A connected server is not yet committed. If the client has spoken
+//!   (its TLS ClientHello) and the server has not answered within the first-byte timeout,
+//!   the client's bytes so far are replayed to a newly connected next server, and the first
+//!   server to answer wins. Only bytes sent before any server byte are replayed, at most
+//!   `replay_limit` of them; past that the connection is pinned to the servers it has. This
+//!   saves connections that would go to a frozen apiserver (kernel accepts, process never
+//!   answers), which connect racing cannot see.
+//!
+//! Every attempt counts against its server's active connections while it lives, so
+//! least-connections sees connections in progress too.
+
+use std::collections::VecDeque;
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+use crate::backend::{Backend, ConnGuard};
+use crate::copy::write_all;
+use crate::metrics::Metrics;
+use crate::socket;
+
+#[derive(Debug, Clone, Copy)]
+pub struct RaceSettings {
+    pub connect_timeout: Duration,
+    pub race_delay: Duration,
+    pub first_byte_timeout: Duration,
+    pub replay_limit: usize,
+}
+
+/// A connected server socket, counted against its server.
+pub struct Upstream {
+    pub stream: TcpStream,
+    pub guard: ConnGuard,
+}
+
+impl Upstream {
+    pub fn backend(&self) -> &Arc<Backend> {
+        &self.guard.backend
+    }
+}
+
+/// The committed server: its socket, the token that closes the connection when the server
+/// goes down, and the server's first bytes (already read, not yet sent to the client).
+pub struct Established {
+    pub upstream: Upstream,
+    pub token: CancellationToken,
+    pub first_bytes: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EstablishError {
+    #[error("no server could be connected")]
+    NoServer,
+    #[error("every server closed or went down before answering")]
+    NoAnswer,
+    #[error("client: {0}")]
+    Client(io::Error),
+    #[error("the client closed before the server answered")]
+    ClientGone,
+}
+
+async fn attempt(backend: Arc<Backend>, timeout: Duration) -> (ConnGuard, io::Result<TcpStream>) {
+    let guard = backend.claim();
+    let addrs = backend.addrs();
+    if addrs.is_empty() {
+        backend.metrics.connect_error.inc();
+        let e = io::Error::new(io::ErrorKind::NotFound, "no address resolved yet");
+        return (guard, Err(e));
+    }
+    let start = Instant::now();
+    let mut last = io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
+    for addr in addrs.iter() {
+        let left = timeout.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            break;
+        }
+        match tokio::time::timeout(left, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => {
+                backend.metrics.connect_ok.inc();
+                backend
+                    .metrics
+                    .connect_seconds
+                    .observe(start.elapsed().as_secs_f64());
+                socket::tune_upstream(&s);
+                return (guard, Ok(s));
+            }
+            Ok(Err(e)) => {
+                if e.kind() == io::ErrorKind::ConnectionRefused {
+                    backend.metrics.connect_refused.inc();
+                } else {
+                    backend.metrics.connect_error.inc();
+                }
+                last = e;
+            }
+            Err(_) => {
+                backend.metrics.connect_timeout.inc();
+                last = io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
+            }
+        }
+    }
+    (guard, Err(last))
+}
+
+/// Connect racing over `candidates` (consumed from the front). Returns the first server that
+/// connects, and what is left to try.
+pub async fn connect_race(
+    mut candidates: VecDeque<Arc<Backend>>,
+    s: RaceSettings,
+) -> (Option<Upstream>, VecDeque<Arc<Backend>>) {
+    let mut set = JoinSet::new();
+    let start_next = |set: &mut JoinSet<_>, c: &mut VecDeque<Arc<Backend>>| {
+        if let Some(b) = c.pop_front() {
+            set.spawn(attempt(b, s.connect_timeout));
+            true
+        } else {
+            false
+        }
+    };
+    if !start_next(&mut set, &mut candidates) {
+        return (None, candidates);
+    }
+    let delay = tokio::time::sleep(s.race_delay);
+    tokio::pin!(delay);
+    loop {
+        tokio::select! {
+            Some(done) = set.join_next() => match done {
+                Ok((guard, Ok(stream))) => return (Some(Upstream { stream, guard }), candidates),
+                Ok((guard, Err(e))) => {
+                    guard.backend.mark_passive_failure(&e.to_string());
+                    tracing::debug!(server = %guard.backend.name, error = %e, "connect failed");
+                    if start_next(&mut set, &mut candidates) {
+                        delay.as_mut().reset(tokio::time::Instant::now() + s.race_delay);
+                    } else if set.is_empty() {
+                        return (None, candidates);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "connect attempt task failed");
+                    if !start_next(&mut set, &mut candidates) && set.is_empty() {
+                        return (None, candidates);
+                    }
+                }
+            },
+            () = &mut delay, if !candidates.is_empty() => {
+                start_next(&mut set, &mut candidates);
+                delay.as_mut().reset(tokio::time::Instant::now() + s.race_delay);
+            }
+        }
+    }
+}
+
+struct Racer {
+    up: Upstream,
+    cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
+    token: CancellationToken,
+}
+
+impl Racer {
+    fn new(up: Upstream) -> Racer {
+        let token = up.backend().conn_token();
+        Racer {
+            cancelled: Box::pin(token.clone().cancelled_owned()),
+            token,
+            up,
+        }
+    }
+}
+
+enum Event {
+    Client,
+    Server(usize),
+    Cancelled(usize),
+    FirstByteTimeout,
+    Connected(Option<Upstream>, VecDeque<Arc<Backend>>),
+}
+
+type PendingConnect =
+    Pin<Box<dyn Future<Output = (Option<Upstream>, VecDeque<Arc<Backend>>)> + Send>>;
+
+/// Connect racing, then first-byte racing, for one client connection.
+pub async fn establish(
+    client: &TcpStream,
+    order: Vec<Arc<Backend>>,
+    s: RaceSettings,
+    metrics: &Metrics,
+) -> Result<Established, EstablishError> {
+    let (first, rest) = connect_race(order.into(), s).await;
+    let first = first.ok_or(EstablishError::NoServer)?;
+    let mut candidates = Some(rest);
+    let mut racers = vec![Racer::new(first)];
+    let mut replay: Vec<u8> = Vec::new();
+    let mut pinned = false;
+    let mut client_eof = false;
+    let mut pending: Option<PendingConnect> = None;
+    let mut timer = Box::pin(tokio::time::sleep(Duration::from_secs(86_400)));
+    let mut timer_armed = false;
+
+    loop {
+        let can_race = !pinned
+            && !replay.is_empty()
+            && pending.is_none()
+            && candidates.as_ref().is_some_and(|c| !c.is_empty());
+        let event = poll_fn(|cx| {
+            if let Some(p) = pending.as_mut() {
+                if let Poll::Ready((up, rest)) = p.as_mut().poll(cx) {
+                    pending = None;
+                    return Poll::Ready(Event::Connected(up, rest));
+                }
+            }
+            for (i, r) in racers.iter_mut().enumerate() {
+                if r.cancelled.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Cancelled(i));
+                }
+                if r.up.stream.poll_read_ready(cx).is_ready() {
+                    return Poll::Ready(Event::Server(i));
+                }
+            }
+            if !client_eof && client.poll_read_ready(cx).is_ready() {
+                return Poll::Ready(Event::Client);
+            }
+            if can_race && timer_armed && timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::FirstByteTimeout);
+            }
+            Poll::Pending
+        })
+        .await;
+
+        match event {
+            Event::Client => {
+                let mut buf = [0u8; 4096];
+                match client.try_read(&mut buf) {
+                    Ok(0) => {
+                        client_eof = true;
+                        for r in &racers {
+                            socket::shutdown_write(&r.up.stream);
+                        }
+                    }
+                    Ok(n) => {
+                        let bytes = &buf[..n];
+                        if !pinned {
+                            if replay.len() + n > s.replay_limit {
+                                pinned = true;
+                                replay = Vec::new();
+                            } else {
+                                if replay.is_empty() {
+                                    timer.as_mut().reset(
+                                        tokio::time::Instant::now() + s.first_byte_timeout,
+                                    );
+                                    timer_armed = true;
+                                }
+                                replay.extend_from_slice(bytes);
+                            }
+                        }
+                        let mut i = 0;
+                        while i < racers.len() {
+                            if write_all(&racers[i].up.stream, bytes).await.is_err() {
+                                let r = racers.swap_remove(i);
+                                r.up.backend().mark_passive_failure("write failed");
+                            } else {
+                                i += 1;
+                            }
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(EstablishError::Client(e)),
+                }
+            }
+            Event::Server(i) => {
+                let mut buf = [0u8; 16 * 1024];
+                match racers[i].up.stream.try_read(&mut buf) {
+                    Ok(n) if n > 0 => {
+                        let winner = racers.swap_remove(i);
+                        return Ok(Established {
+                            token: winner.token,
+                            upstream: winner.up,
+                            first_bytes: buf[..n].to_vec(),
+                        });
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    other if client_eof => {
+                        // The client left and the server closed in turn: a normal end.
+                        let _ = other;
+                        return Err(EstablishError::ClientGone);
+                    }
+                    other => {
+                        let r = racers.swap_remove(i);
+                        let why = match other {
+                            Err(e) => e.to_string(),
+                            _ => "closed before answering".to_string(),
+                        };
+                        tracing::debug!(server = %r.up.backend().name, cause = %why,
+                            "server failed before its first byte");
+                        r.up.backend().mark_passive_failure(&why);
+                    }
+                }
+            }
+            Event::Cancelled(i) => {
+                racers.swap_remove(i);
+            }
+            Event::FirstByteTimeout => {
+                timer_armed = false;
+                if let Some(c) = candidates.take() {
+                    pending = Some(Box::pin(connect_race(c, s)));
+                }
+            }
+            Event::Connected(up, rest) => {
+                candidates = Some(rest);
+                if let Some(up) = up {
+                    if pinned {
+                        // The client said too much meanwhile to replay: not usable.
+                        drop(up);
+                    } else if write_all(&up.stream, &replay).await.is_ok() {
+                        metrics.replayed.inc();
+                        tracing::debug!(server = %up.backend().name, bytes = replay.len(),
+                            "replayed the client's first bytes to the next server");
+                        if client_eof {
+                            socket::shutdown_write(&up.stream);
+                        }
+                        racers.push(Racer::new(up));
+                        timer
+                            .as_mut()
+                            .reset(tokio::time::Instant::now() + s.first_byte_timeout);
+                        timer_armed = true;
+                    }
+                }
+            }
+        }
+
+        if racers.is_empty() {
+            // Everyone we were waiting on failed. Start over on what is left, if we still
+            // can replay what the client said.
+            let left = candidates.as_ref().is_some_and(|c| !c.is_empty());
+            if pending.is_none() && (pinned || !left) {
+                return Err(EstablishError::NoAnswer);
+            }
+            if pending.is_none() {
+                if let Some(c) = candidates.take() {
+                    pending = Some(Box::pin(connect_race(c, s)));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! apilb: a node-local load balancer for the Kubernetes API server.
+//!
+//! CLI entry: parse, dispatch, and map errors to exit codes (anyhow at this edge only).
+//! Exit codes: 0 success; 1 runtime failure (or, for `status`, no server ready);
+//! 2 bad configuration or input.
+
+mod admin;
+mod backend;
+mod balance;
+mod cli;
+mod config;
+mod connect;
+mod copy;
+mod health;
+mod metrics;
+mod proxy;
+mod run;
+mod socket;
+mod status;
+mod tls;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+use crate::config::LogFormat;
+
+fn init_logging(format: LogFormat, level: &str) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| {
+        format!("--log-level {level}: {e}; write one of error, warn, info, debug")
+    })?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+    Ok(())
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => {
+            let cfg = match config::load(&args) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("apilb: error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if let Err(e) = init_logging(cfg.log_format, &cfg.log_level) {
+                eprintln!("apilb: error: {e}");
+                return ExitCode::from(2);
+            }
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("apilb: error: cannot start the runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match rt.block_on(run::run(*args, cfg)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("apilb: error: {e:#}");
+                    if e.downcast_ref::<tls::TlsError>().is_some() {
+                        ExitCode::from(2)
+                    } else {
+                        ExitCode::from(1)
+                    }
+                }
+            }
+        }
+        Command::Status(args) => {
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("apilb: error: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match rt.block_on(status::fetch(&args.admin_url)) {
+                Ok(s) => {
+                    if args.json {
+                        match serde_json::to_string_pretty(&s) {
+                            Ok(j) => println!("{j}"),
+                            Err(e) => eprintln!("apilb: error: {e}"),
+                        }
+                    } else {
+                        print!("{}", status::render(&s));
+                    }
+                    if s.ready {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    }
+                }
+                Err(e) => {
+                    eprintln!("apilb: error: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Kubeconfig(_) => {
+            eprintln!("apilb: error: kubeconfig is not available in this build");
+            ExitCode::from(2)
+        }
+    }
+}

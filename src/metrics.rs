@@ -1,0 +1,289 @@
+//! The Prometheus registry and apilb's typed metric families (prometheus-client).
+//!
+//! Owns metric names, help texts and label sets. Hot paths never look a label set up: each
+//! `Backend` keeps the handles of its own series (`ServerMetrics`), taken once when the
+//! server joins the set and removed when it leaves. This module does no I/O; the admin
+//! endpoint encodes the registry.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerLabel {
+    pub server: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerResult {
+    pub server: String,
+    pub result: ConnectResult,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum ConnectResult {
+    ok,
+    refused,
+    timeout,
+    error,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerDirection {
+    pub server: String,
+    pub direction: Direction,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Direction {
+    to_server,
+    to_client,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerCheck {
+    pub server: String,
+    pub check: Check,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Check {
+    ping,
+    readyz,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerState {
+    pub server: String,
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    pub reason: RejectReason,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum RejectReason {
+    /// `--max-connections` reached.
+    connection_limit,
+    /// Every server failed to connect.
+    no_server,
+}
+
+/// Every metric family apilb exports.
+pub struct Metrics {
+    pub registry: Registry,
+    pub server_state: Family<ServerState, Gauge>,
+    pub active: Family<ServerLabel, Gauge>,
+    pub connect_attempts: Family<ServerResult, Counter>,
+    pub connect_seconds: Family<ServerLabel, Histogram, fn() -> Histogram>,
+    pub bytes: Family<ServerDirection, Counter>,
+    pub check_seconds: Family<ServerCheck, Histogram, fn() -> Histogram>,
+    pub failover_closed: Family<ServerLabel, Counter>,
+    pub accepted: Counter,
+    pub rejected: Family<Reason, Counter>,
+    pub panic_mode: Gauge,
+    pub replayed: Counter,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms … ~8 s
+    Histogram::new(exponential_buckets(0.0005, 2.0, 15))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("apilb");
+        let m = Metrics {
+            server_state: Family::default(),
+            active: Family::default(),
+            connect_attempts: Family::default(),
+            connect_seconds: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            bytes: Family::default(),
+            check_seconds: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            failover_closed: Family::default(),
+            accepted: Counter::default(),
+            rejected: Family::default(),
+            panic_mode: Gauge::default(),
+            replayed: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "server_state",
+            "1 for the state each server is in (ready, not_ready, down, unknown)",
+            m.server_state.clone(),
+        );
+        registry.register(
+            "server_active_connections",
+            "Client connections currently proxied to each server",
+            m.active.clone(),
+        );
+        registry.register(
+            "connect_attempts",
+            "Connect attempts to servers, by result",
+            m.connect_attempts.clone(),
+        );
+        registry.register(
+            "connect_duration_seconds",
+            "Time to establish a TCP connection to a server",
+            m.connect_seconds.clone(),
+        );
+        registry.register(
+            "bytes",
+            "Bytes proxied, by server and direction",
+            m.bytes.clone(),
+        );
+        registry.register(
+            "health_check_duration_seconds",
+            "Latency of health checks (HTTP/2 PING round trip, GET /readyz)",
+            m.check_seconds.clone(),
+        );
+        registry.register(
+            "failover_closed_connections",
+            "Client connections closed because their server went down or was removed",
+            m.failover_closed.clone(),
+        );
+        registry.register(
+            "connections_accepted",
+            "Client connections accepted",
+            m.accepted.clone(),
+        );
+        registry.register(
+            "connections_rejected",
+            "Client connections closed without being proxied, by reason",
+            m.rejected.clone(),
+        );
+        registry.register(
+            "panic_mode",
+            "1 while no server is ready and every server is tried anyway",
+            m.panic_mode.clone(),
+        );
+        registry.register(
+            "first_byte_replays",
+            "Connections whose first client bytes were replayed to another server because \
+             the first one did not answer",
+            m.replayed.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The handles of one server's series.
+    pub fn for_server(&self, server: &str) -> ServerMetrics {
+        let s = || server.to_string();
+        let res = |result| ServerResult { server: s(), result };
+        ServerMetrics {
+            active: self.active.get_or_create_owned(&ServerLabel { server: s() }),
+            connect_ok: self.connect_attempts.get_or_create_owned(&res(ConnectResult::ok)),
+            connect_refused: self
+                .connect_attempts
+                .get_or_create_owned(&res(ConnectResult::refused)),
+            connect_timeout: self
+                .connect_attempts
+                .get_or_create_owned(&res(ConnectResult::timeout)),
+            connect_error: self
+                .connect_attempts
+                .get_or_create_owned(&res(ConnectResult::error)),
+            connect_seconds: self
+                .connect_seconds
+                .get_or_create_owned(&ServerLabel { server: s() }),
+            bytes_to_server: self.bytes.get_or_create_owned(&ServerDirection {
+                server: s(),
+                direction: Direction::to_server,
+            }),
+            bytes_to_client: self.bytes.get_or_create_owned(&ServerDirection {
+                server: s(),
+                direction: Direction::to_client,
+            }),
+            ping_seconds: self.check_seconds.get_or_create_owned(&ServerCheck {
+                server: s(),
+                check: Check::ping,
+            }),
+            readyz_seconds: self.check_seconds.get_or_create_owned(&ServerCheck {
+                server: s(),
+                check: Check::readyz,
+            }),
+            failover_closed: self
+                .failover_closed
+                .get_or_create_owned(&ServerLabel { server: s() }),
+        }
+    }
+
+    /// Publishes a server's state as a one-hot gauge set.
+    pub fn set_state(&self, server: &str, state: &'static str) {
+        for st in crate::backend::State::ALL {
+            let v = i64::from(st.as_str() == state);
+            self.server_state
+                .get_or_create(&ServerState {
+                    server: server.to_string(),
+                    state: st.as_str(),
+                })
+                .set(v);
+        }
+    }
+
+    /// Drops every series of a server that left the set.
+    pub fn remove_server(&self, server: &str) {
+        let s = || server.to_string();
+        self.active.remove(&ServerLabel { server: s() });
+        self.connect_seconds.remove(&ServerLabel { server: s() });
+        self.failover_closed.remove(&ServerLabel { server: s() });
+        for result in [
+            ConnectResult::ok,
+            ConnectResult::refused,
+            ConnectResult::timeout,
+            ConnectResult::error,
+        ] {
+            self.connect_attempts
+                .remove(&ServerResult { server: s(), result });
+        }
+        for direction in [Direction::to_server, Direction::to_client] {
+            self.bytes.remove(&ServerDirection {
+                server: s(),
+                direction,
+            });
+        }
+        for check in [Check::ping, Check::readyz] {
+            self.check_seconds.remove(&ServerCheck { server: s(), check });
+        }
+        for st in crate::backend::State::ALL {
+            self.server_state.remove(&ServerState {
+                server: s(),
+                state: st.as_str(),
+            });
+        }
+    }
+
+    pub fn reject(&self, reason: RejectReason) {
+        self.rejected.get_or_create(&Reason { reason }).inc();
+    }
+}
+
+/// One server's metric handles, held by its `Backend`.
+#[derive(Clone)]
+pub struct ServerMetrics {
+    pub active: Gauge,
+    pub connect_ok: Counter,
+    pub connect_refused: Counter,
+    pub connect_timeout: Counter,
+    pub connect_error: Counter,
+    pub connect_seconds: Histogram,
+    pub bytes_to_server: Counter,
+    pub bytes_to_client: Counter,
+    pub ping_seconds: Histogram,
+    pub readyz_seconds: Histogram,
+    pub failover_closed: Counter,
+}

@@ -1,0 +1,173 @@
+//! Listeners and the per-connection path: where a client connection is accepted, handed a
+//! server (`balance` orders, `connect` races) and copied (`copy`), until it ends or its
+//! server's token closes it.
+//!
+//! Holds under faults: beyond `max_connections` new clients are closed and counted; accept
+//! errors (EMFILE and friends) back off and are logged at most every few seconds; on
+//! shutdown the accept loops stop and `drain` waits for live connections up to the grace.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::backend::Backends;
+use crate::connect::{self, RaceSettings};
+use crate::metrics::{Metrics, RejectReason};
+use crate::{balance, copy, socket};
+
+pub struct Proxy {
+    pub backends: Arc<Backends>,
+    pub metrics: Arc<Metrics>,
+    pub race: RaceSettings,
+    pub max_connections: usize,
+    /// Every live client connection is a task of this tracker.
+    pub tracker: TaskTracker,
+    panic_mode: AtomicBool,
+    last_accept_error_log: Mutex<Option<Instant>>,
+}
+
+impl Proxy {
+    pub fn new(
+        backends: Arc<Backends>,
+        metrics: Arc<Metrics>,
+        race: RaceSettings,
+        max_connections: usize,
+    ) -> Proxy {
+        Proxy {
+            backends,
+            metrics,
+            race,
+            max_connections,
+            tracker: TaskTracker::new(),
+            panic_mode: AtomicBool::new(false),
+            last_accept_error_log: Mutex::new(None),
+        }
+    }
+
+    /// Live client connections.
+    pub fn connections(&self) -> usize {
+        self.tracker.len()
+    }
+
+    /// Accepts on `listener` until `stop` is cancelled.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, stop: CancellationToken) {
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            let accepted = tokio::select! {
+                () = stop.cancelled() => return,
+                r = listener.accept() => r,
+            };
+            match accepted {
+                Ok((client, peer)) => {
+                    backoff = Duration::from_millis(5);
+                    self.metrics.accepted.inc();
+                    if self.connections() >= self.max_connections {
+                        self.metrics.reject(RejectReason::connection_limit);
+                        self.log_rate_limited(|| {
+                            tracing::warn!(limit = self.max_connections,
+                                "connection limit reached; closing new connections")
+                        });
+                        socket::reset_on_close(&client);
+                        continue;
+                    }
+                    let me = self.clone();
+                    self.tracker.spawn(async move { me.handle(client, peer).await });
+                }
+                Err(e) => {
+                    // EMFILE/ENFILE/ENOBUFS…: do not spin; the listener stays usable.
+                    self.log_rate_limited(|| {
+                        tracing::error!(error = %e, retry_in = ?backoff, "accept failed")
+                    });
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    fn log_rate_limited(&self, log: impl FnOnce()) {
+        let mut last = self
+            .last_accept_error_log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if last.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+            *last = Some(Instant::now());
+            log();
+        }
+    }
+
+    fn note_panic_mode(&self, panic: bool) {
+        if self.panic_mode.swap(panic, Ordering::Relaxed) != panic {
+            self.metrics.panic_mode.set(i64::from(panic));
+            if panic {
+                tracing::warn!("no server is ready: panic mode, trying every server");
+            } else {
+                tracing::info!("a server is ready again: panic mode over");
+            }
+        }
+    }
+
+    async fn handle(self: Arc<Self>, client: TcpStream, peer: SocketAddr) {
+        socket::tune_client(&client);
+        let plan = balance::plan(&self.backends.snapshot());
+        self.note_panic_mode(plan.panic);
+        let est = match connect::establish(&client, plan.order, self.race, &self.metrics).await {
+            Ok(est) => est,
+            Err(e) => {
+                if !matches!(
+                    e,
+                    connect::EstablishError::Client(_) | connect::EstablishError::ClientGone
+                ) {
+                    self.metrics.reject(RejectReason::no_server);
+                    tracing::warn!(client = %peer, cause = %e, "no server for a client connection");
+                }
+                socket::reset_on_close(&client);
+                return;
+            }
+        };
+        let backend = est.upstream.backend().clone();
+        let server = &est.upstream.stream;
+        tracing::debug!(client = %peer, server = %backend.name, "proxying");
+        let m = &backend.metrics;
+        if copy::write_all(&client, &est.first_bytes).await.is_err() {
+            return;
+        }
+        m.bytes_to_client.inc_by(est.first_bytes.len() as u64);
+        tokio::select! {
+            r = copy::bidirectional(&client, server, &m.bytes_to_server, &m.bytes_to_client) => {
+                match r {
+                    Ok((up, down)) => tracing::debug!(client = %peer, server = %backend.name,
+                        bytes_to_server = up, bytes_to_client = down, "connection closed"),
+                    Err(e) => {
+                        tracing::debug!(client = %peer, server = %backend.name, error = %e,
+                            "connection ended with an error");
+                        socket::reset_on_close(&client);
+                    }
+                }
+            }
+            () = est.token.cancelled() => {
+                m.failover_closed.inc();
+                tracing::debug!(client = %peer, server = %backend.name,
+                    "closing: its server is down or removed");
+                socket::reset_on_close(&client);
+                socket::reset_on_close(server);
+            }
+        }
+    }
+
+    /// Waits until every client connection has ended, or `grace` has passed. Returns the
+    /// connections still open.
+    pub async fn drain(&self, grace: Duration) -> usize {
+        self.tracker.close();
+        let _ = tokio::time::timeout(grace, self.tracker.wait()).await;
+        self.connections()
+    }
+}

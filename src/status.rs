@@ -1,0 +1,117 @@
+//! `apilb status`: reads a running apilb's `/status` from its admin endpoint and prints it as
+//! a table an operator reads at a glance. Also the admin client used by
+//! `apilb kubeconfig rewrite --wait-ready`.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+
+use crate::admin::Status;
+
+/// GETs `path` from the admin endpoint at `base` (http://HOST:PORT). Returns status and body.
+pub async fn get(base: &str, path: &str) -> anyhow::Result<(u16, Bytes)> {
+    let uri: http::Uri = format!("{}{}", base.trim_end_matches('/'), path)
+        .parse()
+        .with_context(|| format!("--admin-url {base}: not a URL; write e.g. http://127.0.0.1:6447"))?;
+    if uri.scheme_str() != Some("http") {
+        bail!("--admin-url {base}: the admin endpoint speaks plain http://");
+    }
+    let authority = uri
+        .authority()
+        .with_context(|| format!("--admin-url {base}: missing HOST:PORT"))?
+        .clone();
+    let port = authority.port_u16().unwrap_or(80);
+    let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+    let work = async {
+        let tcp = tokio::net::TcpStream::connect((host, port))
+            .await
+            .with_context(|| format!("cannot reach apilb's admin endpoint at {base} (is apilb running?)"))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+        tokio::spawn(conn);
+        let req = http::Request::get(uri.path())
+            .header(http::header::HOST, authority.as_str())
+            .body(Empty::<Bytes>::new())?;
+        let resp = sender.send_request(req).await?;
+        let code = resp.status().as_u16();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok::<_, anyhow::Error>((code, body))
+    };
+    tokio::time::timeout(Duration::from_secs(5), work)
+        .await
+        .with_context(|| format!("apilb's admin endpoint at {base} did not answer within 5s"))?
+}
+
+pub async fn fetch(base: &str) -> anyhow::Result<Status> {
+    let (code, body) = get(base, "/status").await?;
+    if code != 200 {
+        bail!("{base}/status answered {code}");
+    }
+    serde_json::from_slice(&body).with_context(|| format!("{base}/status: not apilb's status JSON"))
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map(|v| format!("{v:.1}ms")).unwrap_or_else(|| "-".into())
+}
+
+/// The table `apilb status` prints.
+pub fn render(s: &Status) -> String {
+    let mut rows = vec![[
+        "SERVER".to_string(),
+        "STATE".into(),
+        "CONNS".into(),
+        "PING".into(),
+        "READYZ".into(),
+        "SINCE".into(),
+        "REASON".into(),
+    ]];
+    for v in &s.servers {
+        let state = if v.connect_failed && v.state == "ready" {
+            "ready*".to_string()
+        } else {
+            v.state.clone()
+        };
+        rows.push([
+            v.server.clone(),
+            state,
+            v.active_connections.to_string(),
+            ms(v.ping_rtt_ms),
+            ms(v.readyz_latency_ms),
+            v.since_seconds
+                .map(|s| humantime::format_duration(Duration::from_secs(s)).to_string() + " ago")
+                .unwrap_or_else(|| "-".into()),
+            v.reason.clone(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..7)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = format!(
+        "apilb {}: {} ({} client connections, up {})\n",
+        s.version,
+        if s.ready { "READY" } else { "NOT READY: no server is ready" },
+        s.client_connections,
+        humantime::format_duration(Duration::from_secs(s.uptime_seconds))
+    );
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i == 6 {
+                    c.clone()
+                } else {
+                    format!("{c:<w$}", w = widths[i])
+                }
+            })
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    if s.servers.iter().any(|v| v.connect_failed && v.state == "ready") {
+        out.push_str("* a client connect failed since the last good health check\n");
+    }
+    out
+}
