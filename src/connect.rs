@@ -117,47 +117,66 @@ async fn attempt(backend: Arc<Backend>, timeout: Duration) -> (ConnGuard, io::Re
 }
 
 /// Connect racing over `candidates` (consumed from the front). Returns the first server that
-/// connects, and what is left to try.
+/// connects, and what is left to try. A server still connecting when another one won, after
+/// at least a race delay, is marked as failed: it is slow or unreachable.
 pub async fn connect_race(
     mut candidates: VecDeque<Arc<Backend>>,
     s: RaceSettings,
 ) -> (Option<Upstream>, VecDeque<Arc<Backend>>) {
     let mut set = JoinSet::new();
-    let start_next = |set: &mut JoinSet<_>, c: &mut VecDeque<Arc<Backend>>| {
+    let mut pending: Vec<(Arc<Backend>, Instant)> = Vec::new();
+    let mut start_next = |set: &mut JoinSet<_>,
+                          pending: &mut Vec<(Arc<Backend>, Instant)>,
+                          c: &mut VecDeque<Arc<Backend>>| {
         if let Some(b) = c.pop_front() {
+            pending.push((b.clone(), Instant::now()));
             set.spawn(attempt(b, s.connect_timeout));
             true
         } else {
             false
         }
     };
-    if !start_next(&mut set, &mut candidates) {
+    if !start_next(&mut set, &mut pending, &mut candidates) {
         return (None, candidates);
     }
     let delay = tokio::time::sleep(s.race_delay);
     tokio::pin!(delay);
     loop {
         tokio::select! {
-            Some(done) = set.join_next() => match done {
-                Ok((guard, Ok(stream))) => return (Some(Upstream { stream, guard }), candidates),
-                Ok((guard, Err(e))) => {
-                    guard.backend.mark_passive_failure(&e.to_string());
-                    tracing::debug!(server = %guard.backend.name, error = %e, "connect failed");
-                    if start_next(&mut set, &mut candidates) {
-                        delay.as_mut().reset(tokio::time::Instant::now() + s.race_delay);
-                    } else if set.is_empty() {
+            Some(done) = set.join_next() => {
+                let Ok((guard, result)) = done else {
+                    // An attempt task panicked or was aborted: nothing to learn from it.
+                    if !start_next(&mut set, &mut pending, &mut candidates) && set.is_empty() {
                         return (None, candidates);
                     }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "connect attempt task failed");
-                    if !start_next(&mut set, &mut candidates) && set.is_empty() {
-                        return (None, candidates);
+                    continue;
+                };
+                pending.retain(|(b, _)| !Arc::ptr_eq(b, &guard.backend));
+                match result {
+                    Ok(stream) => {
+                        for (slow, since) in &pending {
+                            if since.elapsed() >= s.race_delay {
+                                slow.mark_passive_failure(&format!(
+                                    "connect not done after {}; another server won the race",
+                                    humantime::format_duration(s.race_delay)
+                                ));
+                            }
+                        }
+                        return (Some(Upstream { stream, guard }), candidates);
+                    }
+                    Err(e) => {
+                        guard.backend.mark_passive_failure(&e.to_string());
+                        tracing::debug!(server = %guard.backend.name, error = %e, "connect failed");
+                        if start_next(&mut set, &mut pending, &mut candidates) {
+                            delay.as_mut().reset(tokio::time::Instant::now() + s.race_delay);
+                        } else if set.is_empty() {
+                            return (None, candidates);
+                        }
                     }
                 }
-            },
+            }
             () = &mut delay, if !candidates.is_empty() => {
-                start_next(&mut set, &mut candidates);
+                start_next(&mut set, &mut pending, &mut candidates);
                 delay.as_mut().reset(tokio::time::Instant::now() + s.race_delay);
             }
         }

@@ -95,6 +95,7 @@ impl Judge {
             o.readyz_status = Some(status);
         });
         let state = b.state();
+        tracing::debug!(server = %b.name, status, "/readyz answered");
         match status {
             200..=299 | 401 | 403 => {
                 if status >= 400 && !self.warned_auth {

@@ -42,28 +42,40 @@
 //! ```
 //!
 //! client-go (kubelet, kube-proxy, kubectl) decodes `extensions[].extension` as a
-//! `runtime.RawExtension`; an object with `apiVersion`/`kind` is what it expects, and
-//! this shape was checked to load with `kubectl config view` and to survive a
-//! `kubectl config set-context` write of the file (the tests run `kubectl` on the
-//! rewritten golden files).
+//! `runtime.RawExtension` and keeps its raw JSON; giving it `apiVersion`/`kind` makes
+//! it a well-formed runtime object. The tests run the real `kubectl` on every
+//! rewritten golden file: `config view` loads it and shows the record, `config view
+//! --minify --raw` shows the new server and tls-server-name, and after a `kubectl
+//! config set-context` has rewritten the file the record is still there and
+//! [`restore`] still works.
 //!
 //! # Format caveats
 //!
-//! The document is parsed into a `yaml_serde::Value` and written back: every field and
-//! the key order are kept, but **comments, blank lines, anchors and quoting style are
-//! lost**, and JSON input comes out as YAML. Restore gives a document equal to the
-//! original as data, not byte for byte (an originally empty `extensions: []` is dropped).
+//! The document is parsed into a `yaml_serde::Value` and written back in kubectl's
+//! block style: every field and the key order are kept, but **comments, blank lines,
+//! anchors and quoting style are lost**, and JSON input comes out as YAML. Strings are
+//! quoted wherever a YAML 1.1 reader (client-go's) could take them for a boolean or
+//! number (`"no"`, `"1e3"`). Restore gives a document equal to the original as data,
+//! not byte for byte (an originally empty `extensions: []` is dropped).
 //!
 //! # ConfigMap mode
 //!
 //! The input is `kubectl get cm NAME -o yaml`; `data[KEY]` is rewritten as above and
 //! the ConfigMap is emitted with the server-populated metadata (`resourceVersion`,
 //! `uid`, `creationTimestamp`, `managedFields`, `selfLink`, `generation`) removed, so
-//! the output is a manifest for `kubectl apply -f -` (or `replace`): a stale
-//! `resourceVersion` or `uid` would make the update fail with a conflict, and
-//! `managedFields` must not be sent back. The price is that the update does not detect
-//! a concurrent edit; re-run `get | apilb | apply` if you raced one. Note that
-//! `kubeadm upgrade` re-renders the kube-proxy ConfigMap and undoes the rewrite.
+//! the output is a manifest for `kubectl apply -f -` (or `replace -f -`): a stale
+//! `resourceVersion` makes the update fail with a conflict, and `managedFields` and the
+//! rest are server bookkeeping that should not be sent back. The price is that the
+//! update does not detect a concurrent edit of the ConfigMap; it changes one field of
+//! an object that is rarely edited, so last-writer-wins is acceptable. Annotations
+//! (including `kubectl.kubernetes.io/last-applied-configuration`) and labels are kept.
+//! Note that `kubeadm upgrade` re-renders the kube-proxy ConfigMap, undoing the rewrite.
+//!
+//! # Restore
+//!
+//! [`ClusterSelector::All`] restores every cluster that carries a record and ignores
+//! the others; a file without any record gives [`Outcome::Unchanged`] ("nothing to
+//! restore"), not an error.
 
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
@@ -144,6 +156,21 @@ pub struct Change {
     pub tls_server_name: Option<String>,
 }
 
+/// `cluster "NAME": FROM -> TO (tls-server-name X)`, for the CLI's report.
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "cluster \"{}\": {} -> {}",
+            self.cluster, self.from, self.to
+        )?;
+        match &self.tls_server_name {
+            Some(name) => write!(f, " (tls-server-name {name})"),
+            None => write!(f, " (no tls-server-name)"),
+        }
+    }
+}
+
 /// The result of a rewrite or restore.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -189,6 +216,13 @@ pub enum KubeconfigError {
         field: String,
         server: String,
         reason: String,
+    },
+
+    #[error("{file}: {field} is set, so the client would reach {server} through that proxy, i.e. on the proxy's own host; remove proxy-url from this cluster (apilb dials the API servers itself) or leave the cluster out with --cluster NAME")]
+    ProxyUrl {
+        file: String,
+        field: String,
+        server: String,
     },
 
     #[error("invalid option {option} \"{value}\": {reason}")]
@@ -387,12 +421,17 @@ fn check_options(opts: &RewriteOptions) -> Result<(), KubeconfigError> {
 }
 
 fn parse_yaml(text: &str, source: &str) -> Result<Value, KubeconfigError> {
-    yaml_serde::from_str::<Value>(text).map_err(|e| KubeconfigError::NotYaml {
-        file: source.to_string(),
-        message: e.to_string(),
+    yaml_serde::from_str::<Value>(text).map_err(|e| {
+        let mut message = e.to_string();
+        if let Some(at) = e.location().filter(|_| !message.contains(" line ")) {
+            message.push_str(&format!(" at line {} column {}", at.line(), at.column()));
+        }
+        KubeconfigError::NotYaml {
+            file: source.to_string(),
+            message,
+        }
     })
 }
-
 
 fn finish(
     doc: Value,
@@ -409,10 +448,36 @@ fn finish(
         };
         return Ok(Outcome::Unchanged { reason });
     }
+    let mut doc = doc;
+    normalize_yaml11_bools(&mut doc);
     Ok(Outcome::Changed {
         text: emit_yaml(&doc),
         changes,
     })
+}
+
+/// client-go reads `insecure-skip-tls-verify: yes` (YAML 1.1) as `true`, yaml_serde as
+/// the string "yes". A string in these boolean fields is invalid for client-go anyway,
+/// so turning the YAML 1.1 words into booleans keeps the meaning when written back.
+fn normalize_yaml11_bools(doc: &mut Value) {
+    let Some(clusters) = doc.get_mut("clusters").and_then(Value::as_sequence_mut) else {
+        return;
+    };
+    for entry in clusters {
+        let Some(body) = entry.get_mut("cluster").and_then(Value::as_mapping_mut) else {
+            continue;
+        };
+        for key in ["insecure-skip-tls-verify", "disable-compression"] {
+            if let Some(slot) = body.get_mut(key) {
+                let word = slot.as_str().map(str::to_ascii_lowercase);
+                match word.as_deref() {
+                    Some("y" | "yes" | "on" | "true") => *slot = Value::Bool(true),
+                    Some("n" | "no" | "off" | "false") => *slot = Value::Bool(false),
+                    _ => {}
+                }
+            }
+        }
+    }
 }
 
 fn str_field<'a>(map: &'a Mapping, key: &str) -> Option<&'a str> {
@@ -796,7 +861,11 @@ fn current_server(body: &Mapping, source: &str, field: &str) -> Result<String, K
     }
 }
 
-fn current_tls(body: &Mapping, source: &str, field: &str) -> Result<Option<String>, KubeconfigError> {
+fn current_tls(
+    body: &Mapping,
+    source: &str,
+    field: &str,
+) -> Result<Option<String>, KubeconfigError> {
     match body.get("tls-server-name") {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.is_empty() => Ok(None),
@@ -820,6 +889,17 @@ fn rewrite_cluster(
     let server = current_server(body, source, field)?;
     let tls = current_tls(body, source, field)?;
     let record = read_record(body, source, field)?;
+    let proxied = body
+        .get("proxy-url")
+        .and_then(Value::as_str)
+        .is_some_and(|p| !p.is_empty());
+    if proxied && server != opts.server && is_loopback_url(&opts.server) {
+        return Err(KubeconfigError::ProxyUrl {
+            file: source.to_string(),
+            field: format!("{field}.proxy-url"),
+            server: opts.server.clone(),
+        });
+    }
 
     let Some(mut record) = record else {
         // First rewrite of this cluster.
@@ -952,10 +1032,20 @@ fn https_host(url: &str) -> Result<String, String> {
     }
     if let Some(port) = port {
         if port.parse::<u16>().map_or(true, |p| p == 0) {
-            return Err(format!("the port \"{port}\" is not a number from 1 to 65535"));
+            return Err(format!(
+                "the port \"{port}\" is not a number from 1 to 65535"
+            ));
         }
     }
     Ok(host.to_string())
+}
+
+fn is_loopback_url(url: &str) -> bool {
+    https_host(url).is_ok_and(|h| {
+        h.eq_ignore_ascii_case("localhost")
+            || h.parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    })
 }
 
 fn in_configmap(
@@ -1070,9 +1160,7 @@ fn emit_mapping(out: &mut String, map: &Mapping, indent: usize, inline: bool) {
         }
         match key {
             Value::String(k) => out.push_str(&scalar_string(k)),
-            Value::Mapping(_) | Value::Sequence(_) | Value::Tagged(_) => {
-                out.push_str(&flow(key))
-            }
+            Value::Mapping(_) | Value::Sequence(_) | Value::Tagged(_) => out.push_str(&flow(key)),
             other => emit_inline(out, other, indent),
         }
         out.push(':');
@@ -1125,10 +1213,6 @@ fn emit_inline(out: &mut String, value: &Value, indent: usize) {
                         push_indent(out, indent);
                         out.push_str(line);
                     }
-                }
-                if header == "|+" {
-                    // split_terminator drops the final empty piece; the extra trailing
-                    // newlines are the empty lines already written above.
                 }
             } else {
                 out.push_str(&scalar_string(s));
@@ -1208,10 +1292,12 @@ fn scalar_string(s: &str) -> String {
 }
 
 fn plain_is_safe(s: &str) -> bool {
-    if s.is_empty() || s.len() > 512 || s.contains(['\n', '\r', '"', '\'', '\\']) {
+    if s.is_empty() || s.contains(['\n', '\r', '"', '\'', '\\']) {
         return false;
     }
-    if s.chars().any(|c| c.is_control() || !(c.is_ascii_graphic() || c == ' ')) {
+    if s.chars()
+        .any(|c| c.is_control() || !(c.is_ascii_graphic() || c == ' '))
+    {
         return false;
     }
     // What yaml_serde (YAML 1.2) reads back must be this very string...
@@ -1227,8 +1313,8 @@ fn plain_is_safe(s: &str) -> bool {
 /// something other than a string. Errs on the side of quoting.
 fn yaml11_non_string(s: &str) -> bool {
     const WORDS: &[&str] = &[
-        "y", "n", "yes", "no", "on", "off", "true", "false", "null", "~", "<<", "=",
-        ".inf", "+.inf", "-.inf", ".nan",
+        "y", "n", "yes", "no", "on", "off", "true", "false", "null", "~", "<<", "=", ".inf",
+        "+.inf", "-.inf", ".nan",
     ];
     let lower = s.to_ascii_lowercase();
     if WORDS.contains(&lower.as_str()) {
@@ -1269,9 +1355,7 @@ fn double_quoted(s: &str) -> String {
             '\t' => out.push_str("\\t"),
             '\r' => out.push_str("\\r"),
             '\0' => out.push_str("\\0"),
-            c if c.is_control()
-                || matches!(c, '\u{85}' | '\u{2028}' | '\u{2029}' | '\u{feff}') =>
-            {
+            c if c.is_control() || matches!(c, '\u{85}' | '\u{2028}' | '\u{2029}' | '\u{feff}') => {
                 out.push_str(&format!("\\u{:04x}", c as u32));
             }
             c => out.push(c),
@@ -1361,22 +1445,26 @@ fn write_atomic_with(
     let tmp = temp_path(target)?;
     let mut file = open_exclusive(&tmp).map_err(|e| io_err(&tmp, "create temp file", e))?;
     let result = (|| -> Result<(), KubeconfigError> {
-        let owner = owner.unwrap_or(Owner {
-            mode: 0o600,
-            uid: 0,
-            gid: 0,
-        });
-        let meta = file.metadata().map_err(|e| io_err(&tmp, "read metadata", e))?;
-        if meta.uid() != owner.uid || meta.gid() != owner.gid {
-            // SAFETY: fchown on a file descriptor we own; no memory is shared.
-            let rc = unsafe { libc::fchown(file.as_raw_fd(), owner.uid, owner.gid) };
-            if rc != 0 {
-                return Err(io_err(&tmp, "copy owner", io::Error::last_os_error()));
+        // A new file (no original) keeps our uid/gid and gets 0600: kubeconfigs hold
+        // credentials.
+        let mode = owner.map_or(0o600, |o| o.mode);
+        if let Some(owner) = owner {
+            let meta = file
+                .metadata()
+                .map_err(|e| io_err(&tmp, "read metadata", e))?;
+            if meta.uid() != owner.uid || meta.gid() != owner.gid {
+                // SAFETY: fchown on a file descriptor we own; no memory is shared.
+                let rc = unsafe { libc::fchown(file.as_raw_fd(), owner.uid, owner.gid) };
+                if rc != 0 {
+                    return Err(io_err(&tmp, "copy owner", io::Error::last_os_error()));
+                }
             }
         }
-        file.set_permissions(fs::Permissions::from_mode(owner.mode))
+        // After fchown, which may clear set-id bits.
+        file.set_permissions(fs::Permissions::from_mode(mode))
             .map_err(|e| io_err(&tmp, "copy mode", e))?;
-        file.write_all(bytes).map_err(|e| io_err(&tmp, "write", e))?;
+        file.write_all(bytes)
+            .map_err(|e| io_err(&tmp, "write", e))?;
         file.sync_all().map_err(|e| io_err(&tmp, "fsync", e))?;
         before_rename(&tmp).map_err(|e| io_err(&tmp, "prepare rename", e))?;
         fs::rename(&tmp, target).map_err(|e| io_err(target, "rename temp file over", e))
@@ -1648,7 +1736,12 @@ mod tests {
     fn golden_dir() -> PathBuf {
         // file!() is "src/kubeconfig.rs" in the main crate and absolute when the
         // module is built from elsewhere via #[path]; join handles both.
-        let me = Path::new(env!("CARGO_MANIFEST_DIR")).join(file!());
+        let me = Path::new(file!());
+        let me = if me.is_absolute() {
+            me.to_path_buf()
+        } else {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(me)
+        };
         me.parent().unwrap().join("../tests/data/kubeconfig")
     }
 
@@ -1669,7 +1762,11 @@ mod tests {
                 ));
             }
         }
-        assert!(failures.is_empty(), "goldens differ:\n{}", failures.join("\n"));
+        assert!(
+            failures.is_empty(),
+            "goldens differ:\n{}",
+            failures.join("\n")
+        );
     }
 
     #[test]
@@ -1738,6 +1835,20 @@ users:
     }
 
     #[test]
+    fn change_displays_for_the_cli() {
+        let c = Change {
+            cluster: "kubernetes".into(),
+            from: "https://10.0.0.10:6443".into(),
+            to: DEFAULT_SERVER.into(),
+            tls_server_name: Some("10.0.0.10".into()),
+        };
+        assert_eq!(
+            c.to_string(),
+            "cluster \"kubernetes\": https://10.0.0.10:6443 -> https://127.0.0.1:6443 (tls-server-name 10.0.0.10)"
+        );
+    }
+
+    #[test]
     fn rewrite_sets_server_tls_name_and_record() {
         let (text, changes) = changed(rewrite(SIMPLE, "f", &RewriteOptions::default()).unwrap());
         assert_eq!(
@@ -1778,7 +1889,10 @@ users:
             ..RewriteOptions::default()
         };
         let (text, changes) = changed(rewrite(SIMPLE, "f", &opts).unwrap());
-        assert_eq!(changes[0].tls_server_name.as_deref(), Some("kubernetes.default.svc"));
+        assert_eq!(
+            changes[0].tls_server_name.as_deref(),
+            Some("kubernetes.default.svc")
+        );
         assert_eq!(cluster0(&text)["tls-server-name"], "kubernetes.default.svc");
         let (back, _) = changed(restore(&text, "f", &ClusterSelector::Current).unwrap());
         assert_eq!(yaml(&back), yaml(SIMPLE));
@@ -1791,11 +1905,16 @@ users:
             "    server: https://10.0.0.10:6443\n    tls-server-name: api.example.internal\n",
         );
         let (text, changes) = changed(rewrite(&input, "f", &RewriteOptions::default()).unwrap());
-        assert_eq!(changes[0].tls_server_name.as_deref(), Some("api.example.internal"));
+        assert_eq!(
+            changes[0].tls_server_name.as_deref(),
+            Some("api.example.internal")
+        );
         let c = cluster0(&text);
         assert_eq!(c["tls-server-name"], "api.example.internal");
         assert_eq!(c["extensions"][0]["extension"]["tlsServerNameAdded"], false);
-        assert!(c["extensions"][0]["extension"].get("tlsServerName").is_none());
+        assert!(c["extensions"][0]["extension"]
+            .get("tlsServerName")
+            .is_none());
         let (back, _) = changed(restore(&text, "f", &ClusterSelector::All).unwrap());
         assert_eq!(yaml(&back), yaml(&input));
     }
@@ -1813,7 +1932,10 @@ users:
         let (text, _) = changed(rewrite(&input, "f", &opts).unwrap());
         let c = cluster0(&text);
         assert_eq!(c["tls-server-name"], "new.example");
-        assert_eq!(c["extensions"][0]["extension"]["tlsServerName"], "old.example");
+        assert_eq!(
+            c["extensions"][0]["extension"]["tlsServerName"],
+            "old.example"
+        );
         let (back, _) = changed(restore(&text, "f", &ClusterSelector::All).unwrap());
         assert_eq!(yaml(&back), yaml(&input));
     }
@@ -1829,7 +1951,10 @@ users:
         assert_eq!(changes[0].from, DEFAULT_SERVER);
         let c = cluster0(&twice);
         assert_eq!(c["server"], "https://127.0.0.1:16443");
-        assert_eq!(c["extensions"][0]["extension"]["server"], "https://10.0.0.10:6443");
+        assert_eq!(
+            c["extensions"][0]["extension"]["server"],
+            "https://10.0.0.10:6443"
+        );
         assert_eq!(c["extensions"].as_sequence().unwrap().len(), 1);
         let (back, _) = changed(restore(&twice, "f", &ClusterSelector::All).unwrap());
         assert_eq!(yaml(&back), yaml(SIMPLE));
@@ -1905,8 +2030,13 @@ kind: Config
     fn configmap_drops_server_metadata_and_keeps_other_data() {
         let input = include_str!("../tests/data/kubeconfig/kubeadm-kube-proxy-configmap.yaml");
         let (text, changes) = changed(
-            rewrite_configmap(input, "cm.yaml", DEFAULT_CONFIGMAP_KEY, &RewriteOptions::default())
-                .unwrap(),
+            rewrite_configmap(
+                input,
+                "cm.yaml",
+                DEFAULT_CONFIGMAP_KEY,
+                &RewriteOptions::default(),
+            )
+            .unwrap(),
         );
         assert_eq!(changes.len(), 1);
         let cm = yaml(&text);
@@ -1915,7 +2045,10 @@ kind: Config
             assert!(!meta.contains_key(*f), "{f} kept");
         }
         assert_eq!(cm["metadata"]["name"], "kube-proxy");
-        assert_eq!(cm["data"]["config.conf"], yaml(input)["data"]["config.conf"]);
+        assert_eq!(
+            cm["data"]["config.conf"],
+            yaml(input)["data"]["config.conf"]
+        );
         let inner = yaml(cm["data"][DEFAULT_CONFIGMAP_KEY].as_str().unwrap());
         assert_eq!(inner["clusters"][0]["cluster"]["server"], DEFAULT_SERVER);
         assert_eq!(
@@ -1935,19 +2068,38 @@ kind: Config
 
     #[test]
     fn error_not_yaml() {
-        let e = err(rewrite("clusters: [\n  - {", "bad.conf", &RewriteOptions::default()));
+        let e = err(rewrite(
+            "clusters: [\n  - {",
+            "bad.conf",
+            &RewriteOptions::default(),
+        ));
         assert!(matches!(e, KubeconfigError::NotYaml { .. }), "{e:?}");
         assert!(e.to_string().starts_with("bad.conf: not valid YAML"), "{e}");
+        assert!(e.to_string().contains("line 2"), "{e}");
     }
 
     #[test]
     fn error_not_a_kubeconfig() {
-        for input in ["", "just a string", "apiVersion: v1\nkind: Config\n", "clusters: 3\n", "clusters: []\n", "kind: Pod\nclusters: []\n"] {
+        for input in [
+            "",
+            "just a string",
+            "apiVersion: v1\nkind: Config\n",
+            "clusters: 3\n",
+            "clusters: []\n",
+            "kind: Pod\nclusters: []\n",
+        ] {
             let e = err(rewrite(input, "x.conf", &RewriteOptions::default()));
-            assert!(matches!(e, KubeconfigError::NotKubeconfig { .. }), "{input:?}: {e:?}");
+            assert!(
+                matches!(e, KubeconfigError::NotKubeconfig { .. }),
+                "{input:?}: {e:?}"
+            );
             assert!(e.to_string().starts_with("x.conf: not a kubeconfig"), "{e}");
         }
-        let e = err(rewrite("kind: Config\nclusters: [1]\n", "x.conf", &RewriteOptions::default()));
+        let e = err(rewrite(
+            "kind: Config\nclusters: [1]\n",
+            "x.conf",
+            &RewriteOptions::default(),
+        ));
         assert!(matches!(e, KubeconfigError::Malformed { .. }), "{e:?}");
         assert!(e.to_string().contains("clusters[0].name"), "{e}");
         let cm = include_str!("../tests/data/kubeconfig/kubeadm-kube-proxy-configmap.yaml");
@@ -1959,9 +2111,15 @@ kind: Config
     fn error_no_current_context_lists_clusters() {
         let input = SIMPLE.replace("current-context: kubelet@kubernetes\n", "");
         let e = err(rewrite(&input, "k.conf", &RewriteOptions::default()));
-        assert!(matches!(e, KubeconfigError::NoCurrentContext { .. }), "{e:?}");
+        assert!(
+            matches!(e, KubeconfigError::NoCurrentContext { .. }),
+            "{e:?}"
+        );
         let msg = e.to_string();
-        assert!(msg.contains("current-context") && msg.contains("--cluster NAME"), "{msg}");
+        assert!(
+            msg.contains("current-context") && msg.contains("--cluster NAME"),
+            "{msg}"
+        );
         assert!(msg.contains("kubernetes"), "{msg}");
         // Restore does not need it.
         let (once, _) = changed(
@@ -1980,9 +2138,15 @@ kind: Config
 
     #[test]
     fn error_context_not_found() {
-        let input = SIMPLE.replace("current-context: kubelet@kubernetes", "current-context: nope");
+        let input = SIMPLE.replace(
+            "current-context: kubelet@kubernetes",
+            "current-context: nope",
+        );
         let e = err(rewrite(&input, "k.conf", &RewriteOptions::default()));
-        assert!(matches!(e, KubeconfigError::ContextNotFound { .. }), "{e:?}");
+        assert!(
+            matches!(e, KubeconfigError::ContextNotFound { .. }),
+            "{e:?}"
+        );
         assert!(e.to_string().contains("kubelet@kubernetes"), "{e}");
     }
 
@@ -1994,13 +2158,22 @@ kind: Config
             ..RewriteOptions::default()
         };
         let e = err(rewrite(input, "m.conf", &opts));
-        assert!(matches!(e, KubeconfigError::ClusterNotFound { .. }), "{e:?}");
+        assert!(
+            matches!(e, KubeconfigError::ClusterNotFound { .. }),
+            "{e:?}"
+        );
         let msg = e.to_string();
-        assert!(msg.contains("\"nope\"") && msg.contains("production, staging"), "{msg}");
+        assert!(
+            msg.contains("\"nope\"") && msg.contains("production, staging"),
+            "{msg}"
+        );
         // A context naming a missing cluster.
         let input = SIMPLE.replace("    cluster: kubernetes", "    cluster: gone");
         let e = err(rewrite(&input, "k.conf", &RewriteOptions::default()));
-        assert!(matches!(e, KubeconfigError::ClusterNotFound { .. }), "{e:?}");
+        assert!(
+            matches!(e, KubeconfigError::ClusterNotFound { .. }),
+            "{e:?}"
+        );
         assert!(e.to_string().contains("contexts[0]"), "{e}");
     }
 
@@ -2014,10 +2187,19 @@ kind: Config
 
     #[test]
     fn error_server_not_https() {
-        for bad in ["http://10.0.0.10:8080", "10.0.0.10:6443", "https://", "https://[fd00::1:6443", "https://h:99999"] {
+        for bad in [
+            "http://10.0.0.10:8080",
+            "10.0.0.10:6443",
+            "https://",
+            "https://[fd00::1:6443",
+            "https://h:99999",
+        ] {
             let input = SIMPLE.replace("https://10.0.0.10:6443", bad);
             let e = err(rewrite(&input, "k.conf", &RewriteOptions::default()));
-            assert!(matches!(e, KubeconfigError::InvalidServer { .. }), "{bad}: {e:?}");
+            assert!(
+                matches!(e, KubeconfigError::InvalidServer { .. }),
+                "{bad}: {e:?}"
+            );
             assert!(e.to_string().contains(".cluster.server"), "{e}");
         }
         let opts = RewriteOptions {
@@ -2025,22 +2207,71 @@ kind: Config
             ..RewriteOptions::default()
         };
         let e = err(rewrite(SIMPLE, "k.conf", &opts));
-        assert!(matches!(e, KubeconfigError::InvalidOption { option: "--server", .. }), "{e:?}");
+        assert!(
+            matches!(
+                e,
+                KubeconfigError::InvalidOption {
+                    option: "--server",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn error_proxy_url_with_local_target() {
+        let input = SIMPLE.replace(
+            "    server: https://10.0.0.10:6443\n",
+            "    server: https://10.0.0.10:6443\n    proxy-url: socks5://proxy:1080\n",
+        );
+        let e = err(rewrite(&input, "k.conf", &RewriteOptions::default()));
+        assert!(matches!(e, KubeconfigError::ProxyUrl { .. }), "{e:?}");
+        assert!(e.to_string().contains(".cluster.proxy-url"), "{e}");
+        let remote = RewriteOptions {
+            server: "https://lb.example.internal:6443".into(),
+            ..RewriteOptions::default()
+        };
+        changed(rewrite(&input, "k.conf", &remote).unwrap());
     }
 
     #[test]
     fn error_configmap_without_key() {
         let cm = include_str!("../tests/data/kubeconfig/kubeadm-kube-proxy-configmap.yaml");
-        let e = err(rewrite_configmap(cm, "cm.yaml", "kubelet.conf", &RewriteOptions::default()));
-        assert!(matches!(e, KubeconfigError::MissingConfigMapKey { .. }), "{e:?}");
+        let e = err(rewrite_configmap(
+            cm,
+            "cm.yaml",
+            "kubelet.conf",
+            &RewriteOptions::default(),
+        ));
+        assert!(
+            matches!(e, KubeconfigError::MissingConfigMapKey { .. }),
+            "{e:?}"
+        );
         let msg = e.to_string();
-        assert!(msg.contains("data.kubelet.conf") && msg.contains("kubeconfig.conf"), "{msg}");
-        let e = err(rewrite_configmap(SIMPLE, "k.conf", "kubeconfig.conf", &RewriteOptions::default()));
+        assert!(
+            msg.contains("data.kubelet.conf") && msg.contains("kubeconfig.conf"),
+            "{msg}"
+        );
+        let e = err(rewrite_configmap(
+            SIMPLE,
+            "k.conf",
+            "kubeconfig.conf",
+            &RewriteOptions::default(),
+        ));
         assert!(matches!(e, KubeconfigError::NotConfigMap { .. }), "{e:?}");
         // An error inside the embedded kubeconfig names the key.
         let broken = cm.replace("server: https://", "server: http://");
-        let e = err(rewrite_configmap(&broken, "cm.yaml", DEFAULT_CONFIGMAP_KEY, &RewriteOptions::default()));
-        assert!(e.to_string().starts_with("cm.yaml (data.kubeconfig.conf):"), "{e}");
+        let e = err(rewrite_configmap(
+            &broken,
+            "cm.yaml",
+            DEFAULT_CONFIGMAP_KEY,
+            &RewriteOptions::default(),
+        ));
+        assert!(
+            e.to_string().starts_with("cm.yaml (data.kubeconfig.conf):"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -2049,7 +2280,10 @@ kind: Config
         let damaged = once.replace("server: https://10.0.0.10:6443", "server: 42");
         let e = err(restore(&damaged, "f", &ClusterSelector::All));
         assert!(matches!(e, KubeconfigError::Malformed { .. }), "{e:?}");
-        assert!(e.to_string().contains("extensions[0].extension.server"), "{e}");
+        assert!(
+            e.to_string().contains("extensions[0].extension.server"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -2084,7 +2318,14 @@ kind: Config
             let _ = restore(input, "f", &ClusterSelector::Current);
             let _ = restore_configmap(input, "f", "kubeconfig.conf", &ClusterSelector::All);
         }
-        for url in ["https://[", "https://[]", "https://@", "https://a:b:c", "https://a:", "HTTPS://A"] {
+        for url in [
+            "https://[",
+            "https://[]",
+            "https://@",
+            "https://a:b:c",
+            "https://a:",
+            "HTTPS://A",
+        ] {
             let _ = https_host(url);
         }
     }
@@ -2094,9 +2335,197 @@ kind: Config
         assert_eq!(https_host("https://10.0.0.10:6443").unwrap(), "10.0.0.10");
         assert_eq!(https_host("https://[fd00::10]:6443").unwrap(), "fd00::10");
         assert_eq!(https_host("https://[fd00::10]").unwrap(), "fd00::10");
-        assert_eq!(https_host("https://k8s-api.example.internal").unwrap(), "k8s-api.example.internal");
-        assert_eq!(https_host("HTTPS://rancher.example/k8s/clusters/c-1").unwrap(), "rancher.example");
+        assert_eq!(
+            https_host("https://k8s-api.example.internal").unwrap(),
+            "k8s-api.example.internal"
+        );
+        assert_eq!(
+            https_host("HTTPS://rancher.example/k8s/clusters/c-1").unwrap(),
+            "rancher.example"
+        );
         assert!(https_host("https://a:b:c").is_err());
+    }
+
+    // --- YAML output ----------------------------------------------------------------
+
+    const TRICKY: &[&str] = &[
+        "on",
+        "No",
+        "y",
+        "N",
+        "off",
+        "yes",
+        "true",
+        "null",
+        "~",
+        "",
+        " lead",
+        "trail ",
+        "1e3",
+        "0x1F",
+        "0o17",
+        "0b101",
+        "1_000",
+        "012",
+        "+1",
+        "-2.5",
+        ".5",
+        ".inf",
+        "-.inf",
+        ".nan",
+        "1:20",
+        "190:20:30",
+        "2024-05-14T09:21:37Z",
+        "2024-05-14",
+        "a: b",
+        "a #b",
+        "#c",
+        "- x",
+        "-",
+        "? x",
+        "[a]",
+        "{a}",
+        "*a",
+        "&a",
+        "!a",
+        "|",
+        ">",
+        "%x",
+        "@x",
+        "`x",
+        "'q'",
+        "\"q\"",
+        "back\\slash",
+        "tab\there",
+        "cr\rlf",
+        "bell\u{7}",
+        "é",
+        "日本",
+        "\u{2028}",
+        "x:",
+        "=",
+        "<<",
+        "10.0.0.10",
+        "fd00::10",
+        "2001:db8::5",
+        "::1",
+        "https://127.0.0.1:6443",
+        "system:node:worker-1",
+        "0s",
+        "3f9a",
+        "a\nb",
+        "a\nb\n",
+        "a\n\n",
+        "\n",
+        "\na",
+        " a\nb",
+        "a\n \nb",
+        "a\n\tb\n",
+        "--- x",
+        "...",
+        "a\r\nb",
+    ];
+
+    #[test]
+    fn emitted_yaml_reads_back_identically() {
+        let mut doc = Mapping::new();
+        let mut seq = Vec::new();
+        for (i, s) in TRICKY.iter().enumerate() {
+            doc.insert(Value::from(*s), Value::from(*s));
+            doc.insert(Value::from(format!("k{i}")), Value::from(*s));
+            seq.push(Value::from(*s));
+        }
+        doc.insert("seq".into(), Value::Sequence(seq.clone()));
+        doc.insert(
+            "nested".into(),
+            Value::Sequence(vec![Value::Sequence(seq), Value::Mapping(Mapping::new())]),
+        );
+        doc.insert(
+            "numbers".into(),
+            yaml("[1, -2, 2.5, 1.0e10, .inf, true, null]"),
+        );
+        doc.insert("tagged".into(), yaml("!custom {a: 1}"));
+        doc.insert(yaml("[1, 2]"), "complex key".into());
+        let doc = Value::Mapping(doc);
+        let text = emit_yaml(&doc);
+        assert_eq!(yaml(&text), doc, "{text}");
+        for (name, input, _, _) in golden_cases() {
+            assert_eq!(yaml(&emit_yaml(&yaml(input))), yaml(input), "{name}");
+        }
+    }
+
+    #[test]
+    fn yaml11_ambiguous_strings_are_quoted() {
+        for s in [
+            "on",
+            "No",
+            "y",
+            "OFF",
+            "1_000",
+            "1:20",
+            "0b11",
+            "2024-05-14",
+            "+.inf",
+            "1e3",
+        ] {
+            assert_eq!(scalar_string(s), format!("\"{s}\""), "{s}");
+        }
+        for s in [
+            "10.0.0.10",
+            "fd00::10",
+            "kubernetes",
+            "system:node:w1",
+            "0s",
+            "/var/lib/x.pem",
+            "LS0t+/=",
+        ] {
+            assert_eq!(scalar_string(s), s, "{s}");
+        }
+    }
+
+    #[test]
+    fn yaml11_bool_words_in_bool_fields_become_booleans() {
+        let input = SIMPLE.replace(
+            "    server: https://10.0.0.10:6443\n",
+            "    server: https://10.0.0.10:6443\n    insecure-skip-tls-verify: yes\n",
+        );
+        let (text, _) = changed(rewrite(&input, "f", &RewriteOptions::default()).unwrap());
+        assert_eq!(cluster0(&text)["insecure-skip-tls-verify"], true);
+        assert!(text.contains("insecure-skip-tls-verify: true\n"), "{text}");
+    }
+
+    #[test]
+    fn never_panics_on_mangled_goldens() {
+        let all = RewriteOptions {
+            clusters: ClusterSelector::All,
+            ..RewriteOptions::default()
+        };
+        for (_, input, expected, _) in golden_cases() {
+            for doc in [input, expected] {
+                let lines: Vec<&str> = doc.split_inclusive('\n').collect();
+                for k in 0..lines.len() {
+                    let without: String = lines
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| *i != k)
+                        .map(|(_, l)| *l)
+                        .collect();
+                    let prefix: String = lines[..k].concat();
+                    for text in [without, prefix] {
+                        let _ = rewrite(&text, "f", &RewriteOptions::default());
+                        let _ = rewrite(&text, "f", &all);
+                        let _ = restore(&text, "f", &ClusterSelector::All);
+                        let _ = rewrite_configmap(&text, "f", DEFAULT_CONFIGMAP_KEY, &all);
+                        let _ = restore_configmap(
+                            &text,
+                            "f",
+                            DEFAULT_CONFIGMAP_KEY,
+                            &ClusterSelector::All,
+                        );
+                    }
+                }
+            }
+        }
     }
 
     // --- files ----------------------------------------------------------------------
@@ -2175,7 +2604,16 @@ kind: Config
         fs::create_dir(&target).unwrap();
         fs::write(target.join("keep"), "x").unwrap();
         let e = write_atomic(&target, b"new").unwrap_err();
-        assert!(matches!(e, KubeconfigError::Io { op: "rename temp file over", .. }), "{e:?}");
+        assert!(
+            matches!(
+                e,
+                KubeconfigError::Io {
+                    op: "rename temp file over",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
         assert_eq!(fs::read_to_string(target.join("keep")).unwrap(), "x");
         assert!(leftovers(dir.path()).is_empty());
 
@@ -2195,7 +2633,10 @@ kind: Config
         fs::write(&real, "old").unwrap();
         std::os::unix::fs::symlink(&real, &link).unwrap();
         write_atomic(&link, b"new").unwrap();
-        assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert!(fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
         assert_eq!(fs::read_to_string(&real).unwrap(), "new");
     }
 
@@ -2265,7 +2706,9 @@ kind: Config
         };
         let (new, _) = changed(rewrite(input, "f", &all).unwrap());
         let d = unified_diff("multi-cluster.yaml", input, &new);
-        assert!(d.starts_with("--- multi-cluster.yaml\t(original)\n+++ multi-cluster.yaml\t(new)\n@@ -"));
+        assert!(d.starts_with(
+            "--- multi-cluster.yaml\t(original)\n+++ multi-cluster.yaml\t(new)\n@@ -"
+        ));
         let ops = diff_lines(
             &input.split_inclusive('\n').collect::<Vec<_>>(),
             &new.split_inclusive('\n').collect::<Vec<_>>(),
@@ -2319,6 +2762,50 @@ kind: Config
     }
 
     #[test]
+    fn kubectl_reads_quoted_yaml11_words_as_strings() {
+        let input = "\
+apiVersion: v1
+kind: Config
+clusters:
+- name: \"on\"
+  cluster:
+    server: https://10.0.0.10:6443
+    insecure-skip-tls-verify: yes
+contexts:
+- name: \"y\"
+  context:
+    cluster: \"on\"
+    namespace: \"no\"
+    user: \"1e3\"
+current-context: \"y\"
+users:
+- name: \"1e3\"
+  user:
+    token: \"0x1F\"
+";
+        let (text, _) = changed(rewrite(input, "f", &RewriteOptions::default()).unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ambiguous.conf");
+        fs::write(&path, &text).unwrap();
+        let p = path.to_str().unwrap();
+        let view = yaml(&kubectl(&[
+            "--kubeconfig",
+            p,
+            "config",
+            "view",
+            "--raw",
+            "-o",
+            "yaml",
+        ]));
+        let c = find_cluster(&view, "on");
+        assert_eq!(c["server"], DEFAULT_SERVER);
+        assert_eq!(c["insecure-skip-tls-verify"], true);
+        assert_eq!(view["contexts"][0]["context"]["namespace"], "no");
+        assert_eq!(view["users"][0]["name"], "1e3");
+        assert_eq!(view["users"][0]["user"]["token"], "0x1F");
+    }
+
+    #[test]
     fn kubectl_loads_rewritten_goldens() {
         let dir = tempfile::tempdir().unwrap();
         for (name, input, _, mode) in golden_cases() {
@@ -2331,7 +2818,15 @@ kind: Config
             fs::write(&path, &kubeconfig).unwrap();
             let p = path.to_str().unwrap();
             kubectl(&["--kubeconfig", p, "config", "view"]);
-            let view = yaml(&kubectl(&["--kubeconfig", p, "config", "view", "--raw", "-o", "yaml"]));
+            let view = yaml(&kubectl(&[
+                "--kubeconfig",
+                p,
+                "config",
+                "view",
+                "--raw",
+                "-o",
+                "yaml",
+            ]));
             for change in &changes {
                 let c = find_cluster(&view, &change.cluster);
                 assert_eq!(c["server"], change.to.as_str(), "{name}");
@@ -2349,21 +2844,57 @@ kind: Config
                 assert_eq!(ours["extension"]["server"], change.from.as_str(), "{name}");
                 assert_eq!(ours["extension"]["kind"], EXTENSION_KIND, "{name}");
             }
-            if matches!(mode, Mode::Plain(RewriteOptions { clusters: ClusterSelector::Current, .. }) | Mode::ConfigMap(..)) {
-                let mini = yaml(&kubectl(&["--kubeconfig", p, "config", "view", "--minify", "--raw"]));
+            if matches!(
+                mode,
+                Mode::Plain(RewriteOptions {
+                    clusters: ClusterSelector::Current,
+                    ..
+                }) | Mode::ConfigMap(..)
+            ) {
+                let mini = yaml(&kubectl(&[
+                    "--kubeconfig",
+                    p,
+                    "config",
+                    "view",
+                    "--minify",
+                    "--raw",
+                ]));
                 let c = &mini["clusters"][0]["cluster"];
                 assert_eq!(c["server"], DEFAULT_SERVER, "{name}");
-                assert_eq!(c["tls-server-name"].as_str(), changes[0].tls_server_name.as_deref(), "{name}");
+                assert_eq!(
+                    c["tls-server-name"].as_str(),
+                    changes[0].tls_server_name.as_deref(),
+                    "{name}"
+                );
             }
             // A kubectl write of the file keeps our record, and restore still works.
-            let ctx = yaml(&kubeconfig)["current-context"].as_str().unwrap_or_default().to_string();
+            let ctx = yaml(&kubeconfig)["current-context"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             if !ctx.is_empty() {
-                kubectl(&["--kubeconfig", p, "config", "set-context", &ctx, "--namespace=kube-system"]);
+                kubectl(&[
+                    "--kubeconfig",
+                    p,
+                    "config",
+                    "set-context",
+                    &ctx,
+                    "--namespace=kube-system",
+                ]);
                 let written = fs::read_to_string(&path).unwrap();
-                let (back, restored) = changed(restore(&written, p, &ClusterSelector::All).unwrap());
+                let (back, restored) =
+                    changed(restore(&written, p, &ClusterSelector::All).unwrap());
                 assert_eq!(restored.len(), changes.len(), "{name}");
                 fs::write(&path, &back).unwrap();
-                let view = yaml(&kubectl(&["--kubeconfig", p, "config", "view", "--raw", "-o", "yaml"]));
+                let view = yaml(&kubectl(&[
+                    "--kubeconfig",
+                    p,
+                    "config",
+                    "view",
+                    "--raw",
+                    "-o",
+                    "yaml",
+                ]));
                 for change in &changes {
                     let c = find_cluster(&view, &change.cluster);
                     assert_eq!(c["server"], change.from.as_str(), "{name}");

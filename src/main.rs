@@ -27,7 +27,14 @@ use crate::cli::{Cli, Command};
 use crate::config::LogFormat;
 
 fn init_logging(format: LogFormat, level: &str) -> Result<(), String> {
-    let filter = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| {
+    // A bare level applies to apilb; libraries stay at warn (their debug output is a
+    // protocol trace). A full filter (`apilb=debug,h2=trace`) is used as given.
+    let directives = if level.contains('=') || level.contains(',') {
+        level.to_string()
+    } else {
+        format!("warn,apilb={level}")
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(directives).map_err(|e| {
         format!("--log-level {level}: {e}; write one of error, warn, info, debug")
     })?;
     let builder = tracing_subscriber::fmt()

@@ -1,0 +1,607 @@
+//! Test harness: a PKI made at test time (rcgen), stand-in apiservers (`apilb-standin`
+//! processes on 127.0.0.x), an `apilb run` process whose JSON log lines are events the tests
+//! wait on, kernel blackholes (iptables rules in a chain the test creates and removes), and
+//! small TLS clients. Everything a test starts or creates is stopped or removed on drop.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as ABufReader};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+pub const APILB: &str = env!("CARGO_BIN_EXE_apilb");
+pub const STANDIN: &str = env!("CARGO_BIN_EXE_apilb-standin");
+
+/// The name the stand-ins' certificate holds (kubeadm's apiserver certificates hold it too);
+/// clients going through apilb on 127.0.0.1 verify against it.
+pub const SERVER_NAME: &str = "kubernetes";
+
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+            SanType,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "apilb-test-ca");
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(vec![SERVER_NAME.to_string()]).unwrap();
+        for i in 2..=9u8 {
+            p.subject_alt_names
+                .push(SanType::IpAddress(IpAddr::from([127, 0, 0, i])));
+        }
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = p.signed_by(&key, &issuer).unwrap();
+
+        let ckey = KeyPair::generate().unwrap();
+        let mut cp = CertificateParams::new(Vec::<String>::new()).unwrap();
+        cp.distinguished_name
+            .push(DnType::CommonName, "system:node:test-node");
+        cp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let ccert = cp.signed_by(&ckey, &issuer).unwrap();
+
+        let w = |name: &str, text: String| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        Pki {
+            ca: w("ca.crt", ca.pem()),
+            cert: w("apiserver.crt", cert.pem()),
+            key: w("apiserver.key", key.serialize_pem()),
+            client_cert: w("client.crt", ccert.pem()),
+            client_key: w("client.key", ckey.serialize_pem()),
+            dir,
+        }
+    }
+
+    pub fn client_config(&self, with_client_cert: bool) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(&self.ca).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let b = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+        let mut cfg = if with_client_cert {
+            let chain = CertificateDer::pem_file_iter(&self.client_cert)
+                .unwrap()
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
+            let key = PrivateKeyDer::from_pem_file(&self.client_key).unwrap();
+            b.with_client_auth_cert(chain, key).unwrap()
+        } else {
+            b.with_no_client_auth()
+        };
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(cfg)
+    }
+}
+
+/// A free TCP port on `ip` (bound and released; the OS will not hand it out again soon).
+pub fn free_port(ip: [u8; 4]) -> SocketAddr {
+    let l = TcpListener::bind(SocketAddr::from((ip, 0))).unwrap();
+    l.local_addr().unwrap()
+}
+
+pub struct Standin {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub name: String,
+    client_ca: bool,
+    certs: (PathBuf, PathBuf, PathBuf),
+}
+
+impl Standin {
+    pub fn start(pki: &Pki, ip: [u8; 4], name: &str) -> Standin {
+        Self::start_opts(pki, free_port(ip), name, false)
+    }
+
+    pub fn start_opts(pki: &Pki, addr: SocketAddr, name: &str, client_ca: bool) -> Standin {
+        let mut s = Standin {
+            child: None,
+            addr,
+            name: name.to_string(),
+            client_ca,
+            certs: (pki.cert.clone(), pki.key.clone(), pki.ca.clone()),
+        };
+        s.restart();
+        s
+    }
+
+    /// (Re)starts the process on the same address; returns once it listens.
+    pub fn restart(&mut self) {
+        self.kill();
+        let mut cmd = Command::new(STANDIN);
+        cmd.arg("--listen")
+            .arg(self.addr.to_string())
+            .arg("--cert")
+            .arg(&self.certs.0)
+            .arg("--key")
+            .arg(&self.certs.1)
+            .arg("--name")
+            .arg(&self.name);
+        if self.client_ca {
+            cmd.arg("--client-ca").arg(&self.certs.2);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with("listening on"), "standin said {line:?}");
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGSTOP: the kernel still accepts connections, the process answers nothing.
+    pub fn freeze(&self) {
+        assert_eq!(unsafe { libc::kill(self.pid(), libc::SIGSTOP) }, 0);
+    }
+
+    pub fn thaw(&self) {
+        assert_eq!(unsafe { libc::kill(self.pid(), libc::SIGCONT) }, 0);
+    }
+
+    /// Makes /readyz answer `status` (directly, not through apilb).
+    pub async fn set_readyz(&self, pki: &Pki, status: u16) {
+        let (code, _) = request(
+            self.addr,
+            pki,
+            "PUT",
+            &format!("/-/readyz?status={status}"),
+            false,
+        )
+        .await
+        .unwrap();
+        assert_eq!(code, 200);
+    }
+}
+
+impl Drop for Standin {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[derive(Default)]
+struct Lines {
+    lines: Mutex<Vec<Value>>,
+    cv: Condvar,
+}
+
+pub struct Apilb {
+    child: Child,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    logs: Arc<Lines>,
+    pub config: Option<PathBuf>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Apilb {
+    /// Starts `apilb run` with JSON debug logs on a free loopback port, in front of `servers`.
+    pub fn start(pki: &Pki, servers: &[&Standin], extra: &[&str]) -> Apilb {
+        let mut args: Vec<String> = Vec::new();
+        for s in servers {
+            args.push("--server".into());
+            args.push(s.addr.to_string());
+        }
+        args.push("--ca-file".into());
+        args.push(pki.ca.display().to_string());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::start_args(args, None)
+    }
+
+    pub fn start_args(mut args: Vec<String>, config: Option<PathBuf>) -> Apilb {
+        let listen = free_port([127, 0, 0, 1]);
+        let admin = free_port([127, 0, 0, 1]);
+        let mut full: Vec<String> = vec![
+            "run".into(),
+            "--listen".into(),
+            listen.to_string(),
+            "--admin-listen".into(),
+            admin.to_string(),
+            "--log-format".into(),
+            "json".into(),
+            "--log-level".into(),
+            "debug".into(),
+        ];
+        full.append(&mut args);
+        let mut child = Command::new(APILB)
+            .args(&full)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let logs = Arc::new(Lines::default());
+        let stderr = child.stderr.take().unwrap();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var_os("APILB_TEST_LOG").is_some() {
+                    eprintln!("apilb: {line}");
+                }
+                let v = serde_json::from_str(&line).unwrap_or(Value::String(line));
+                sink.lines.lock().unwrap().push(v);
+                sink.cv.notify_all();
+            }
+        });
+        let a = Apilb {
+            child,
+            listen,
+            admin,
+            logs,
+            config,
+            _dir: None,
+        };
+        a.wait_log(Duration::from_secs(10), |v| v["message"] == "apilb started");
+        a
+    }
+
+    pub fn keep_dir(&mut self, d: tempfile::TempDir) {
+        self._dir = Some(d);
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Index of the next log line: pass it to `wait_log_from` to see only later lines.
+    pub fn mark(&self) -> usize {
+        self.logs.lines.lock().unwrap().len()
+    }
+
+    pub fn wait_log(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        self.wait_log_from(0, timeout, pred)
+    }
+
+    /// Waits for a log line (at index ≥ `from`) matching `pred`; panics after `timeout`.
+    pub fn wait_log_from(
+        &self,
+        from: usize,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        let mut lines = self.logs.lines.lock().unwrap();
+        let mut seen = from;
+        loop {
+            if let Some(v) = lines[seen.min(lines.len())..].iter().find(|v| pred(v)) {
+                return v.clone();
+            }
+            seen = lines.len();
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no matching apilb log line within {timeout:?}; log:\n{}",
+                lines
+                    .iter()
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            lines = self.logs.cv.wait_timeout(lines, left).unwrap().0;
+        }
+    }
+
+    pub fn logs(&self) -> Vec<Value> {
+        self.logs.lines.lock().unwrap().clone()
+    }
+
+    /// Waits for `server` to enter `state` (a log event at index ≥ `from`).
+    pub fn wait_state(&self, from: usize, server: SocketAddr, state: &str, timeout: Duration) {
+        let name = server.to_string();
+        self.wait_log_from(from, timeout, |v| {
+            v["message"] == "server state changed" && v["server"] == name && v["to"] == state
+        });
+    }
+
+    pub fn wait_all_ready(&self, servers: &[&Standin]) {
+        for s in servers {
+            self.wait_state(0, s.addr, "ready", Duration::from_secs(10));
+        }
+    }
+
+    pub fn signal(&self, sig: i32) {
+        assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0);
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.code();
+            }
+            assert!(Instant::now() < deadline, "apilb did not exit");
+            // No event to await on a child's exit from std without blocking forever.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        let mut s = TcpStream::connect(self.admin).await.unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.unwrap();
+        parse_response(&out)
+    }
+
+    pub async fn status(&self) -> Value {
+        let (code, body) = self.admin_get("/status").await;
+        assert_eq!(code, 200);
+        serde_json::from_str(&body).unwrap()
+    }
+}
+
+impl Drop for Apilb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Splits a raw HTTP/1.1 response (chunked or not) into status and body.
+pub fn parse_response(raw: &[u8]) -> (u16, String) {
+    let text = String::from_utf8_lossy(raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((size, after)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 || after.len() < n {
+                break;
+            }
+            out.push_str(&after[..n]);
+            rest = after[n..].trim_start_matches("\r\n");
+        }
+        out
+    } else {
+        body.to_string()
+    };
+    (code, body)
+}
+
+pub async fn tls(addr: SocketAddr, pki: &Pki, client_cert: bool) -> std::io::Result<TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let name = ServerName::try_from(SERVER_NAME).unwrap();
+    tokio_rustls::TlsConnector::from(pki.client_config(client_cert))
+        .connect(name, tcp)
+        .await
+}
+
+/// One HTTP/1.1 request over a new TLS connection; the response status and body.
+pub async fn request(
+    addr: SocketAddr,
+    pki: &Pki,
+    method: &str,
+    path: &str,
+    client_cert: bool,
+) -> std::io::Result<(u16, String)> {
+    let mut s = tls(addr, pki, client_cert).await?;
+    s.write_all(
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: {SERVER_NAME}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await?;
+    let mut out = Vec::new();
+    // The stand-in may end TLS without close_notify; what was read counts.
+    let _ = s.read_to_end(&mut out).await;
+    if out.is_empty() {
+        return Err(std::io::Error::other("empty response"));
+    }
+    Ok(parse_response(&out))
+}
+
+/// GET /whoami through `addr`: the name of the server that answered.
+pub async fn whoami(addr: SocketAddr, pki: &Pki) -> std::io::Result<String> {
+    let (code, body) = request(addr, pki, "GET", "/whoami", false).await?;
+    if code != 200 {
+        return Err(std::io::Error::other(format!("status {code}")));
+    }
+    let v: Value = serde_json::from_str(body.trim()).map_err(std::io::Error::other)?;
+    Ok(v["server"].as_str().unwrap_or_default().to_string())
+}
+
+/// A long-lived watch-like stream (GET /watch) through apilb.
+pub struct Watch {
+    reader: ABufReader<TlsStream<TcpStream>>,
+    pub server: String,
+}
+
+impl Watch {
+    pub async fn open(addr: SocketAddr, pki: &Pki) -> Watch {
+        let mut s = tls(addr, pki, false).await.unwrap();
+        s.write_all(
+            format!("GET /watch?interval_ms=50 HTTP/1.1\r\nHost: {SERVER_NAME}\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut w = Watch {
+            reader: ABufReader::new(s),
+            server: String::new(),
+        };
+        let first = w.next_event().await.expect("watch produced no event");
+        w.server = first["server"].as_str().unwrap().to_string();
+        w
+    }
+
+    /// The next event, or None once the stream is closed (EOF or error).
+    pub async fn next_event(&mut self) -> Option<Value> {
+        loop {
+            let mut line = String::new();
+            match self.reader.read_line(&mut line).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+            if let Some(i) = line.find('{') {
+                if let Ok(v) = serde_json::from_str::<Value>(line[i..].trim()) {
+                    return Some(v);
+                }
+            }
+        }
+    }
+
+    /// Reads until the stream closes; returns how long that took. Panics past `timeout`.
+    pub async fn closed_within(&mut self, timeout: Duration) -> Duration {
+        let start = Instant::now();
+        tokio::time::timeout(timeout, async {
+            while self.next_event().await.is_some() {}
+        })
+        .await
+        .unwrap_or_else(|_| panic!("stream on {} still open after {timeout:?}", self.server));
+        start.elapsed()
+    }
+
+    /// Asserts the stream keeps delivering events.
+    pub async fn still_flowing(&mut self) {
+        for _ in 0..3 {
+            let ev = tokio::time::timeout(Duration::from_secs(5), self.next_event())
+                .await
+                .expect("stream stalled");
+            assert!(ev.is_some(), "stream on {} was closed", self.server);
+        }
+    }
+}
+
+/// Opens watches until one is pinned to each of `names`. Returns them in that order.
+pub async fn watches_on(addr: SocketAddr, pki: &Pki, names: &[&str]) -> Vec<Watch> {
+    let mut found: Vec<Option<Watch>> = names.iter().map(|_| None).collect();
+    for _ in 0..60 {
+        let w = Watch::open(addr, pki).await;
+        if let Some(i) = names.iter().position(|n| *n == w.server) {
+            if found[i].is_none() {
+                found[i] = Some(w);
+            }
+        }
+        if found.iter().all(Option::is_some) {
+            return found.into_iter().map(Option::unwrap).collect();
+        }
+    }
+    panic!("could not pin a watch to each of {names:?}");
+}
+
+static CHAIN_SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// A kernel blackhole: every packet to or from a TCP address is silently dropped (iptables
+/// DROP in INPUT, in a chain of its own). Removed on drop.
+pub struct Blackhole {
+    chain: String,
+}
+
+fn iptables(args: &[&str]) -> bool {
+    Command::new("iptables")
+        .args(["-w", "5"])
+        .args(args)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+impl Blackhole {
+    pub fn new(target: SocketAddr) -> Blackhole {
+        let chain = format!(
+            "APILB-T{}-{}",
+            std::process::id(),
+            CHAIN_SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let (ip, port) = (target.ip().to_string(), target.port().to_string());
+        assert!(
+            iptables(&["-N", &chain]),
+            "iptables is needed for the blackhole tests (run as root, with iptables installed)"
+        );
+        let bh = Blackhole { chain };
+        let c = bh.chain.as_str();
+        assert!(iptables(&[
+            "-A", c, "-p", "tcp", "-d", &ip, "--dport", &port, "-j", "DROP"
+        ]));
+        assert!(iptables(&[
+            "-A", c, "-p", "tcp", "-s", &ip, "--sport", &port, "-j", "DROP"
+        ]));
+        assert!(iptables(&["-I", "INPUT", "-j", c]));
+        bh
+    }
+}
+
+impl Drop for Blackhole {
+    fn drop(&mut self) {
+        let c = self.chain.as_str();
+        iptables(&["-D", "INPUT", "-j", c]);
+        iptables(&["-F", c]);
+        iptables(&["-X", c]);
+    }
+}
+
+/// Runs `n` new connections through apilb, one after the other; returns the servers that
+/// answered and every failure.
+pub async fn many_whoami(addr: SocketAddr, pki: &Pki, n: usize) -> (Vec<String>, Vec<String>) {
+    let mut ok = Vec::new();
+    let mut failed = Vec::new();
+    for _ in 0..n {
+        match tokio::time::timeout(Duration::from_secs(10), whoami(addr, pki)).await {
+            Ok(Ok(s)) => ok.push(s),
+            Ok(Err(e)) => failed.push(e.to_string()),
+            Err(_) => failed.push("timed out".into()),
+        }
+    }
+    (ok, failed)
+}

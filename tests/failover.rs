@@ -1,0 +1,247 @@
+//! `apilb run` against three stand-in apiservers on 127.0.0.2–4, under each fault of the
+//! failure model: killed, blackholed in the kernel, frozen (SIGSTOP), not ready, recovered,
+//! all down. Deadlines below are generous bounds on events, not performance claims (those
+//! live in bench/): without the feature under test, each would wait for minutes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn three(pki: &Pki) -> [Standin; 3] {
+    [
+        Standin::start(pki, [127, 0, 0, 2], "cp1"),
+        Standin::start(pki, [127, 0, 0, 3], "cp2"),
+        Standin::start(pki, [127, 0, 0, 4], "cp3"),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spreads_new_connections_over_ready_servers() {
+    let pki = Pki::new();
+    let s = three(&pki);
+    let lb = Apilb::start(&pki, &[&s[0], &s[1], &s[2]], &[]);
+    lb.wait_all_ready(&[&s[0], &s[1], &s[2]]);
+    let (ok, failed) = many_whoami(lb.listen, &pki, 30).await;
+    assert!(failed.is_empty(), "{failed:?}");
+    for name in ["cp1", "cp2", "cp3"] {
+        assert!(ok.iter().any(|s| s == name), "{name} got nothing: {ok:?}");
+    }
+    // Least connections: three long streams land on three different servers.
+    let w1 = Watch::open(lb.listen, &pki).await;
+    let w2 = Watch::open(lb.listen, &pki).await;
+    let w3 = Watch::open(lb.listen, &pki).await;
+    let mut names = vec![w1.server, w2.server, w3.server];
+    names.sort();
+    assert_eq!(names, ["cp1", "cp2", "cp3"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_server_no_client_visible_failures() {
+    let pki = Pki::new();
+    let mut s = three(&pki);
+    let lb = Apilb::start(&pki, &[&s[0], &s[1], &s[2]], &[]);
+    lb.wait_all_ready(&[&s[0], &s[1], &s[2]]);
+    let mut ws = watches_on(lb.listen, &pki, &["cp1", "cp2"]).await;
+    let mark = lb.mark();
+    s[1].kill();
+    // New connections right after the kill, before or after health notices: none fails.
+    let (ok, failed) = many_whoami(lb.listen, &pki, 30).await;
+    assert!(failed.is_empty(), "client-visible failures: {failed:?}");
+    assert!(ok.iter().all(|n| n != "cp2"));
+    lb.wait_state(mark, s[1].addr, "down", Duration::from_secs(10));
+    ws[1].closed_within(Duration::from_secs(10)).await;
+    ws[0].still_flowing().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blackholed_server_streams_closed_new_connections_succeed() {
+    let pki = Pki::new();
+    let s = three(&pki);
+    let lb = Apilb::start(&pki, &[&s[0], &s[1], &s[2]], &[]);
+    lb.wait_all_ready(&[&s[0], &s[1], &s[2]]);
+    let mut ws = watches_on(lb.listen, &pki, &["cp1", "cp2", "cp3"]).await;
+    let mark = lb.mark();
+    let _hole = Blackhole::new(s[1].addr);
+    // New connections during the blackhole all succeed (connect racing) …
+    let (ok, failed) = many_whoami(lb.listen, &pki, 20).await;
+    assert!(failed.is_empty(), "client-visible failures: {failed:?}");
+    assert!(ok.iter().all(|n| n != "cp2"));
+    // … the stream pinned to it is closed by apilb (the kernel would take minutes) …
+    let took = ws[1].closed_within(Duration::from_secs(15)).await;
+    eprintln!("stream on the blackholed server closed after {took:?}");
+    lb.wait_state(mark, s[1].addr, "down", Duration::from_secs(1));
+    // … and streams on the other servers are untouched.
+    ws[0].still_flowing().await;
+    ws[2].still_flowing().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blackhole_before_health_notices_is_saved_by_connect_racing() {
+    let pki = Pki::new();
+    let s = three(&pki);
+    // Health checks slowed to a crawl: only passive failover can save these connections.
+    let lb = Apilb::start(
+        &pki,
+        &[&s[0], &s[1], &s[2]],
+        &[
+            "--health-ping-interval",
+            "1h",
+            "--health-readyz-interval",
+            "1h",
+        ],
+    );
+    lb.wait_all_ready(&[&s[0], &s[1], &s[2]]);
+    let mark = lb.mark();
+    let _hole = Blackhole::new(s[1].addr);
+    let (ok, failed) = many_whoami(lb.listen, &pki, 20).await;
+    assert!(failed.is_empty(), "client-visible failures: {failed:?}");
+    assert!(ok.iter().all(|n| n != "cp2"));
+    // It was tried (and raced away from) at least once, then kept away.
+    let marked = lb.wait_log_from(mark, Duration::from_secs(5), |v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("connect failed"))
+            && v["server"] == s[1].addr.to_string()
+    });
+    assert!(marked["cause"].as_str().unwrap().contains("won the race"), "{marked}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_server_saved_by_first_byte_racing() {
+    let pki = Pki::new();
+    let s = three(&pki);
+    // Health checks slowed to a crawl: only first-byte racing can save these connections.
+    let lb = Apilb::start(
+        &pki,
+        &[&s[0], &s[1], &s[2]],
+        &[
+            "--health-ping-interval",
+            "1h",
+            "--health-readyz-interval",
+            "1h",
+        ],
+    );
+    lb.wait_all_ready(&[&s[0], &s[1], &s[2]]);
+    s[1].freeze();
+    let (ok, failed) = many_whoami(lb.listen, &pki, 20).await;
+    s[1].thaw();
+    assert!(failed.is_empty(), "client-visible failures: {failed:?}");
+    assert!(ok.iter().all(|n| n != "cp2"), "{ok:?}");
+    let (_, metrics) = lb.admin_get("/metrics").await;
+    let replays: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("apilb_first_byte_replays_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("replay counter");
+    assert!(replays >= 1.0, "no replay happened:\n{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_server_marked_down_and_its_streams_closed() {
+    let pki = Pki::new();
+    let s = three(&pki);
+    let lb = Apilb::start(&pki, &[&s[0], &s[1], &s[2]], &[]);
+    lb.wait_all_ready(&[&s[0], &s[1], &s[2]]);
+    let mut ws = watches_on(lb.listen, &pki, &["cp1", "cp2"]).await;
+    let mark = lb.mark();
+    s[1].freeze();
+    let (_, failed) = many_whoami(lb.listen, &pki, 10).await;
+    assert!(failed.is_empty(), "client-visible failures: {failed:?}");
+    let took = ws[1].closed_within(Duration::from_secs(15)).await;
+    eprintln!("stream on the frozen server closed after {took:?}");
+    lb.wait_state(mark, s[1].addr, "down", Duration::from_secs(1));
+    ws[0].still_flowing().await;
+    s[1].thaw();
+    // Recovery: it comes back and takes new connections again.
+    lb.wait_state(mark, s[1].addr, "ready", Duration::from_secs(15));
+    let (ok, failed) = many_whoami(lb.listen, &pki, 30).await;
+    assert!(failed.is_empty());
+    assert!(ok.iter().any(|n| n == "cp2"), "recovered server got nothing: {ok:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_ready_server_gets_no_new_connections_but_keeps_its_streams() {
+    let pki = Pki::new();
+    let s = three(&pki);
+    let lb = Apilb::start(&pki, &[&s[0], &s[1], &s[2]], &[]);
+    lb.wait_all_ready(&[&s[0], &s[1], &s[2]]);
+    let mut ws = watches_on(lb.listen, &pki, &["cp2"]).await;
+    let mark = lb.mark();
+    s[1].set_readyz(&pki, 500).await;
+    lb.wait_state(mark, s[1].addr, "not_ready", Duration::from_secs(15));
+    let (ok, failed) = many_whoami(lb.listen, &pki, 30).await;
+    assert!(failed.is_empty());
+    assert!(ok.iter().all(|n| n != "cp2"), "not-ready server got {ok:?}");
+    ws[0].still_flowing().await;
+    // Least connections would keep new connections off a server with an open stream.
+    drop(ws);
+
+    let mark = lb.mark();
+    s[1].set_readyz(&pki, 200).await;
+    lb.wait_state(mark, s[1].addr, "ready", Duration::from_secs(15));
+    let (ok, _) = many_whoami(lb.listen, &pki, 30).await;
+    assert!(ok.iter().any(|n| n == "cp2"), "recovered server got nothing: {ok:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_401_counts_as_reachable_with_one_warning() {
+    let pki = Pki::new();
+    let s = [Standin::start(&pki, [127, 0, 0, 2], "cp1")];
+    s[0].set_readyz(&pki, 401).await;
+    let lb = Apilb::start(&pki, &[&s[0]], &["--health-readyz-interval", "100ms"]);
+    lb.wait_all_ready(&[&s[0]]);
+    let warn = lb.wait_log(Duration::from_secs(5), |v| {
+        v["level"] == "WARN" && v["message"].as_str().is_some_and(|m| m.contains("--health-client-cert"))
+    });
+    assert_eq!(warn["status"], 401);
+    // Several probes later, still exactly one warning.
+    let mark = lb.mark();
+    for _ in 0..3 {
+        let at = lb.mark();
+        lb.wait_log_from(at, Duration::from_secs(5), |v| v["message"] == "/readyz answered");
+    }
+    assert!(lb.mark() > mark);
+    let (ok, _) = many_whoami(lb.listen, &pki, 3).await;
+    assert_eq!(ok.len(), 3);
+    let warnings = lb
+        .logs()
+        .iter()
+        .filter(|v| v["message"].as_str().is_some_and(|m| m.contains("--health-client-cert")))
+        .count();
+    assert_eq!(warnings, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_down_fails_fast_then_recovers() {
+    let pki = Pki::new();
+    let mut s = three(&pki);
+    let lb = Apilb::start(&pki, &[&s[0], &s[1], &s[2]], &[]);
+    lb.wait_all_ready(&[&s[0], &s[1], &s[2]]);
+    let mark = lb.mark();
+    for x in s.iter_mut() {
+        x.kill();
+    }
+    // The client fails, quickly and cleanly, instead of hanging.
+    let r = tokio::time::timeout(Duration::from_secs(5), whoami(lb.listen, &pki)).await;
+    assert!(matches!(r, Ok(Err(_))), "expected a quick failure, got {r:?}");
+    for x in &s {
+        lb.wait_state(mark, x.addr, "down", Duration::from_secs(10));
+    }
+    let (code, _) = lb.admin_get("/readyz").await;
+    assert_eq!(code, 503);
+    // Panic mode: the first server back is used at once, before health calls it ready.
+    s[2].restart();
+    let name = tokio::time::timeout(Duration::from_secs(5), whoami(lb.listen, &pki))
+        .await
+        .expect("no answer")
+        .expect("failed after a server came back");
+    assert_eq!(name, "cp3");
+    lb.wait_log_from(mark, Duration::from_secs(5), |v| {
+        v["message"].as_str().is_some_and(|m| m.contains("panic mode"))
+    });
+    lb.wait_state(mark, s[2].addr, "ready", Duration::from_secs(15));
+    let (code, _) = lb.admin_get("/readyz").await;
+    assert_eq!(code, 200);
+}
