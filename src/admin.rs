@@ -93,8 +93,10 @@ impl Admin {
         let text = |code: StatusCode, body: String, ctype: &'static str| {
             let mut r = Response::new(Full::new(Bytes::from(body)));
             *r.status_mut() = code;
-            r.headers_mut()
-                .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(ctype));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(ctype),
+            );
             r
         };
         const PLAIN: &str = "text/plain; charset=utf-8";

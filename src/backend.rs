@@ -195,14 +195,18 @@ impl Backend {
         self.registry.set_state(&self.name, new.as_str());
         let (from, to) = (old.as_str(), new.as_str());
         match new {
-            State::Ready => tracing::info!(server = %self.name, from, to, cause = reason, "server state changed"),
+            State::Ready => {
+                tracing::info!(server = %self.name, from, to, cause = reason, "server state changed")
+            }
             State::Down => {
                 let open = self.active();
                 tracing::warn!(server = %self.name, from, to, cause = reason,
                     closing_connections = open, "server state changed");
                 self.close_connections();
             }
-            _ => tracing::warn!(server = %self.name, from, to, cause = reason, "server state changed"),
+            _ => {
+                tracing::warn!(server = %self.name, from, to, cause = reason, "server state changed")
+            }
         }
         old
     }
@@ -297,11 +301,7 @@ impl Backends {
             match old.iter().find(|b| &b.spec == spec) {
                 Some(b) => next.push(b.clone()),
                 None => {
-                    let b = Arc::new(Backend::new(
-                        spec.clone(),
-                        &self.root,
-                        self.metrics.clone(),
-                    ));
+                    let b = Arc::new(Backend::new(spec.clone(), &self.root, self.metrics.clone()));
                     added.push(b.clone());
                     next.push(b);
                 }
@@ -338,7 +338,10 @@ mod tests {
         let b = Backend::new(spec("127.0.0.2:1"), &root, Arc::new(Metrics::new()));
         let pinned = b.conn_token();
         b.set_state(State::NotReady, "readyz 500");
-        assert!(!pinned.is_cancelled(), "not-ready must leave connections alone");
+        assert!(
+            !pinned.is_cancelled(),
+            "not-ready must leave connections alone"
+        );
         b.set_state(State::Down, "ping timeout");
         assert!(pinned.is_cancelled());
         assert!(!b.conn_token().is_cancelled());
@@ -365,7 +368,11 @@ mod tests {
     #[test]
     fn guard_counts() {
         let root = CancellationToken::new();
-        let b = Arc::new(Backend::new(spec("127.0.0.2:1"), &root, Arc::new(Metrics::new())));
+        let b = Arc::new(Backend::new(
+            spec("127.0.0.2:1"),
+            &root,
+            Arc::new(Metrics::new()),
+        ));
         let g1 = b.claim();
         let g2 = b.claim();
         assert_eq!(b.active(), 2);

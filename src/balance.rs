@@ -98,7 +98,11 @@ mod tests {
         let p = plan(&s);
         assert!(!p.panic);
         assert!(Arc::ptr_eq(&p.order[0], &s[2]));
-        assert_eq!(p.order.len(), 4, "every server stays in the plan as a fallback");
+        assert_eq!(
+            p.order.len(),
+            4,
+            "every server stays in the plan as a fallback"
+        );
     }
 
     #[test]

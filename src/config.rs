@@ -325,7 +325,11 @@ pub fn resolve(args: &RunArgs, file: FileConfig) -> Result<Config, ConfigError> 
         .clone()
         .or(file.admin_listen.clone())
         .unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.to_string());
-    let admin_origin = flag_or_key(fp, admin_given || file.admin_listen.is_none(), "admin-listen");
+    let admin_origin = flag_or_key(
+        fp,
+        admin_given || file.admin_listen.is_none(),
+        "admin-listen",
+    );
     let admin_listen = parse_listen(&[admin_val], &admin_origin, allow_non_loopback)?[0];
 
     let skip_verify =
@@ -362,7 +366,10 @@ pub fn resolve(args: &RunArgs, file: FileConfig) -> Result<Config, ConfigError> 
         });
     }
 
-    let log_format = args.log_format.or(file.log_format).unwrap_or(LogFormat::Text);
+    let log_format = args
+        .log_format
+        .or(file.log_format)
+        .unwrap_or(LogFormat::Text);
     let log_level = args
         .log_level
         .clone()
@@ -589,7 +596,11 @@ mod tests {
         std::fs::write(&p, "servers: [a:1]\n").unwrap();
         let e = load(&args(&["--config", ps])).unwrap_err();
         assert_eq!(e.origin, ps);
-        assert!(e.message.contains("unknown field `servers`"), "{}", e.message);
+        assert!(
+            e.message.contains("unknown field `servers`"),
+            "{}",
+            e.message
+        );
 
         std::fs::write(&p, "server: [a:1]\nca-file: /ca\ndrain-grace: soon\n").unwrap();
         let e = load(&args(&["--config", ps])).unwrap_err();

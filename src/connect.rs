@@ -125,9 +125,9 @@ pub async fn connect_race(
 ) -> (Option<Upstream>, VecDeque<Arc<Backend>>) {
     let mut set = JoinSet::new();
     let mut pending: Vec<(Arc<Backend>, Instant)> = Vec::new();
-    let mut start_next = |set: &mut JoinSet<_>,
-                          pending: &mut Vec<(Arc<Backend>, Instant)>,
-                          c: &mut VecDeque<Arc<Backend>>| {
+    let start_next = |set: &mut JoinSet<_>,
+                      pending: &mut Vec<(Arc<Backend>, Instant)>,
+                      c: &mut VecDeque<Arc<Backend>>| {
         if let Some(b) = c.pop_front() {
             pending.push((b.clone(), Instant::now()));
             set.spawn(attempt(b, s.connect_timeout));
@@ -277,9 +277,9 @@ pub async fn establish(
                                 replay = Vec::new();
                             } else {
                                 if replay.is_empty() {
-                                    timer.as_mut().reset(
-                                        tokio::time::Instant::now() + s.first_byte_timeout,
-                                    );
+                                    timer
+                                        .as_mut()
+                                        .reset(tokio::time::Instant::now() + s.first_byte_timeout);
                                     timer_armed = true;
                                 }
                                 replay.extend_from_slice(bytes);

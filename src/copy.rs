@@ -116,9 +116,10 @@ mod tests {
         let (server_side, mut server_app) = pair().await;
         let (cu, cd) = (Counter::default(), Counter::default());
         let (up, down) = (cu.clone(), cd.clone());
-        let proxy = tokio::spawn(async move {
-            bidirectional(&client_side, &server_side, &up, &down).await
-        });
+        let proxy =
+            tokio::spawn(
+                async move { bidirectional(&client_side, &server_side, &up, &down).await },
+            );
         let payload: Vec<u8> = (0..5_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let sent = payload.clone();
         let writer = tokio::spawn(async move {

@@ -72,7 +72,11 @@ impl Judge {
         self.live_failures += 1;
         self.ready_successes = 0;
         let state = b.state();
-        let fall = if state == State::Unknown { 1 } else { self.fall };
+        let fall = if state == State::Unknown {
+            1
+        } else {
+            self.fall
+        };
         b.observe(|o| o.last_check = Some(SystemTime::now()));
         if state == State::Down {
             b.observe(|o| o.reason = why.to_string());
@@ -109,7 +113,11 @@ impl Judge {
                 }
                 b.clear_passive_failure();
                 self.ready_successes += 1;
-                let need = if state == State::Unknown { 1 } else { self.rise };
+                let need = if state == State::Unknown {
+                    1
+                } else {
+                    self.rise
+                };
                 if state != State::Ready && self.ready_successes >= need {
                     let why = if status < 400 {
                         format!("/readyz answered {status}")

@@ -1149,7 +1149,7 @@ fn emit_yaml(doc: &Value) -> String {
 }
 
 fn push_indent(out: &mut String, indent: usize) {
-    out.extend(std::iter::repeat(' ').take(indent));
+    out.extend(std::iter::repeat_n(' ', indent));
 }
 
 /// `inline`: the first entry continues a line already holding `- `.

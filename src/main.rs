@@ -12,6 +12,8 @@ mod config;
 mod connect;
 mod copy;
 mod health;
+mod kubeconfig;
+mod kubeconfig_cmd;
 mod metrics;
 mod proxy;
 mod run;
@@ -34,9 +36,8 @@ fn init_logging(format: LogFormat, level: &str) -> Result<(), String> {
     } else {
         format!("warn,apilb={level}")
     };
-    let filter = tracing_subscriber::EnvFilter::try_new(directives).map_err(|e| {
-        format!("--log-level {level}: {e}; write one of error, warn, info, debug")
-    })?;
+    let filter = tracing_subscriber::EnvFilter::try_new(directives)
+        .map_err(|e| format!("--log-level {level}: {e}; write one of error, warn, info, debug"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -120,9 +121,25 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Kubeconfig(_) => {
-            eprintln!("apilb: error: kubeconfig is not available in this build");
-            ExitCode::from(2)
+        Command::Kubeconfig(cmd) => {
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("apilb: error: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match rt.block_on(kubeconfig_cmd::run(cmd)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("apilb: error: {e:#}");
+                    if e.downcast_ref::<kubeconfig::KubeconfigError>().is_some() {
+                        ExitCode::from(2)
+                    } else {
+                        ExitCode::from(1)
+                    }
+                }
+            }
         }
     }
 }

@@ -184,10 +184,17 @@ impl Metrics {
     /// The handles of one server's series.
     pub fn for_server(&self, server: &str) -> ServerMetrics {
         let s = || server.to_string();
-        let res = |result| ServerResult { server: s(), result };
+        let res = |result| ServerResult {
+            server: s(),
+            result,
+        };
         ServerMetrics {
-            active: self.active.get_or_create_owned(&ServerLabel { server: s() }),
-            connect_ok: self.connect_attempts.get_or_create_owned(&res(ConnectResult::ok)),
+            active: self
+                .active
+                .get_or_create_owned(&ServerLabel { server: s() }),
+            connect_ok: self
+                .connect_attempts
+                .get_or_create_owned(&res(ConnectResult::ok)),
             connect_refused: self
                 .connect_attempts
                 .get_or_create_owned(&res(ConnectResult::refused)),
@@ -247,8 +254,10 @@ impl Metrics {
             ConnectResult::timeout,
             ConnectResult::error,
         ] {
-            self.connect_attempts
-                .remove(&ServerResult { server: s(), result });
+            self.connect_attempts.remove(&ServerResult {
+                server: s(),
+                result,
+            });
         }
         for direction in [Direction::to_server, Direction::to_client] {
             self.bytes.remove(&ServerDirection {
@@ -257,7 +266,8 @@ impl Metrics {
             });
         }
         for check in [Check::ping, Check::readyz] {
-            self.check_seconds.remove(&ServerCheck { server: s(), check });
+            self.check_seconds
+                .remove(&ServerCheck { server: s(), check });
         }
         for st in crate::backend::State::ALL {
             self.server_state.remove(&ServerState {

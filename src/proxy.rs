@@ -69,20 +69,23 @@ impl Proxy {
                     if self.connections() >= self.max_connections {
                         self.metrics.reject(RejectReason::connection_limit);
                         self.log_rate_limited(|| {
-                            tracing::warn!(limit = self.max_connections,
-                                "connection limit reached; closing new connections")
+                            tracing::warn!(
+                                limit = self.max_connections,
+                                "connection limit reached; closing new connections"
+                            )
                         });
                         socket::reset_on_close(&client);
                         continue;
                     }
                     let me = self.clone();
-                    self.tracker.spawn(async move { me.handle(client, peer).await });
+                    self.tracker
+                        .spawn(async move { me.handle(client, peer).await });
                 }
                 Err(e) => {
                     // EMFILE/ENFILE/ENOBUFS…: do not spin; the listener stays usable.
-                    self.log_rate_limited(|| {
-                        tracing::error!(error = %e, retry_in = ?backoff, "accept failed")
-                    });
+                    self.log_rate_limited(
+                        || tracing::error!(error = %e, retry_in = ?backoff, "accept failed"),
+                    );
                     tokio::select! {
                         () = stop.cancelled() => return,
                         () = tokio::time::sleep(backoff) => {}

@@ -44,11 +44,7 @@ fn start_server_tasks(b: &Arc<Backend>, health: &Arc<HealthContext>, resolve_eve
     }
 }
 
-fn apply_servers(
-    backends: &Backends,
-    cfg: &Config,
-    health: &Arc<HealthContext>,
-) -> (usize, usize) {
+fn apply_servers(backends: &Backends, cfg: &Config, health: &Arc<HealthContext>) -> (usize, usize) {
     let change = backends.replace(&cfg.servers);
     for b in &change.added {
         start_server_tasks(b, health, cfg.resolve_interval);
@@ -149,7 +145,10 @@ pub async fn run(args: RunArgs, cfg: Config) -> anyhow::Result<()> {
     stop_accepting.cancel();
     let left = proxy.drain(cfg.drain_grace).await;
     if left > 0 {
-        tracing::info!(closing = left, "drain grace over: closing the remaining connections");
+        tracing::info!(
+            closing = left,
+            "drain grace over: closing the remaining connections"
+        );
     }
     hard_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(1), proxy.tracker.wait()).await;

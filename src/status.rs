@@ -14,7 +14,9 @@ use crate::admin::Status;
 pub async fn get(base: &str, path: &str) -> anyhow::Result<(u16, Bytes)> {
     let uri: http::Uri = format!("{}{}", base.trim_end_matches('/'), path)
         .parse()
-        .with_context(|| format!("--admin-url {base}: not a URL; write e.g. http://127.0.0.1:6447"))?;
+        .with_context(|| {
+            format!("--admin-url {base}: not a URL; write e.g. http://127.0.0.1:6447")
+        })?;
     if uri.scheme_str() != Some("http") {
         bail!("--admin-url {base}: the admin endpoint speaks plain http://");
     }
@@ -23,11 +25,16 @@ pub async fn get(base: &str, path: &str) -> anyhow::Result<(u16, Bytes)> {
         .with_context(|| format!("--admin-url {base}: missing HOST:PORT"))?
         .clone();
     let port = authority.port_u16().unwrap_or(80);
-    let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
     let work = async {
         let tcp = tokio::net::TcpStream::connect((host, port))
             .await
-            .with_context(|| format!("cannot reach apilb's admin endpoint at {base} (is apilb running?)"))?;
+            .with_context(|| {
+                format!("cannot reach apilb's admin endpoint at {base} (is apilb running?)")
+            })?;
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
         tokio::spawn(conn);
@@ -91,7 +98,11 @@ pub fn render(s: &Status) -> String {
     let mut out = format!(
         "apilb {}: {} ({} client connections, up {})\n",
         s.version,
-        if s.ready { "READY" } else { "NOT READY: no server is ready" },
+        if s.ready {
+            "READY"
+        } else {
+            "NOT READY: no server is ready"
+        },
         s.client_connections,
         humantime::format_duration(Duration::from_secs(s.uptime_seconds))
     );
@@ -110,7 +121,10 @@ pub fn render(s: &Status) -> String {
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }
-    if s.servers.iter().any(|v| v.connect_failed && v.state == "ready") {
+    if s.servers
+        .iter()
+        .any(|v| v.connect_failed && v.state == "ready")
+    {
         out.push_str("* a client connect failed since the last good health check\n");
     }
     out

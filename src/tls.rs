@@ -38,8 +38,7 @@ fn load_certs(flag: &'static str, path: &Path) -> Result<Vec<CertificateDer<'sta
         .map_err(|e| err(format!("invalid PEM: {e}")))?;
     if certs.is_empty() {
         return Err(err(
-            "no CERTIFICATE block found; give a PEM file such as /etc/kubernetes/pki/ca.crt"
-                .into(),
+            "no CERTIFICATE block found; give a PEM file such as /etc/kubernetes/pki/ca.crt".into(),
         ));
     }
     Ok(certs)

@@ -105,7 +105,10 @@ async fn blackhole_before_health_notices_is_saved_by_connect_racing() {
             .is_some_and(|m| m.starts_with("connect failed"))
             && v["server"] == s[1].addr.to_string()
     });
-    assert!(marked["cause"].as_str().unwrap().contains("won the race"), "{marked}");
+    assert!(
+        marked["cause"].as_str().unwrap().contains("won the race"),
+        "{marked}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,7 +161,10 @@ async fn frozen_server_marked_down_and_its_streams_closed() {
     lb.wait_state(mark, s[1].addr, "ready", Duration::from_secs(15));
     let (ok, failed) = many_whoami(lb.listen, &pki, 30).await;
     assert!(failed.is_empty());
-    assert!(ok.iter().any(|n| n == "cp2"), "recovered server got nothing: {ok:?}");
+    assert!(
+        ok.iter().any(|n| n == "cp2"),
+        "recovered server got nothing: {ok:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -182,7 +188,10 @@ async fn not_ready_server_gets_no_new_connections_but_keeps_its_streams() {
     s[1].set_readyz(&pki, 200).await;
     lb.wait_state(mark, s[1].addr, "ready", Duration::from_secs(15));
     let (ok, _) = many_whoami(lb.listen, &pki, 30).await;
-    assert!(ok.iter().any(|n| n == "cp2"), "recovered server got nothing: {ok:?}");
+    assert!(
+        ok.iter().any(|n| n == "cp2"),
+        "recovered server got nothing: {ok:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -193,14 +202,19 @@ async fn readyz_401_counts_as_reachable_with_one_warning() {
     let lb = Apilb::start(&pki, &[&s[0]], &["--health-readyz-interval", "100ms"]);
     lb.wait_all_ready(&[&s[0]]);
     let warn = lb.wait_log(Duration::from_secs(5), |v| {
-        v["level"] == "WARN" && v["message"].as_str().is_some_and(|m| m.contains("--health-client-cert"))
+        v["level"] == "WARN"
+            && v["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("--health-client-cert"))
     });
     assert_eq!(warn["status"], 401);
     // Several probes later, still exactly one warning.
     let mark = lb.mark();
     for _ in 0..3 {
         let at = lb.mark();
-        lb.wait_log_from(at, Duration::from_secs(5), |v| v["message"] == "/readyz answered");
+        lb.wait_log_from(at, Duration::from_secs(5), |v| {
+            v["message"] == "/readyz answered"
+        });
     }
     assert!(lb.mark() > mark);
     let (ok, _) = many_whoami(lb.listen, &pki, 3).await;
@@ -208,7 +222,11 @@ async fn readyz_401_counts_as_reachable_with_one_warning() {
     let warnings = lb
         .logs()
         .iter()
-        .filter(|v| v["message"].as_str().is_some_and(|m| m.contains("--health-client-cert")))
+        .filter(|v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("--health-client-cert"))
+        })
         .count();
     assert_eq!(warnings, 1);
 }
@@ -225,7 +243,10 @@ async fn all_down_fails_fast_then_recovers() {
     }
     // The client fails, quickly and cleanly, instead of hanging.
     let r = tokio::time::timeout(Duration::from_secs(5), whoami(lb.listen, &pki)).await;
-    assert!(matches!(r, Ok(Err(_))), "expected a quick failure, got {r:?}");
+    assert!(
+        matches!(r, Ok(Err(_))),
+        "expected a quick failure, got {r:?}"
+    );
     for x in &s {
         lb.wait_state(mark, x.addr, "down", Duration::from_secs(10));
     }
@@ -239,7 +260,9 @@ async fn all_down_fails_fast_then_recovers() {
         .expect("failed after a server came back");
     assert_eq!(name, "cp3");
     lb.wait_log_from(mark, Duration::from_secs(5), |v| {
-        v["message"].as_str().is_some_and(|m| m.contains("panic mode"))
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("panic mode"))
     });
     lb.wait_state(mark, s[2].addr, "ready", Duration::from_secs(15));
     let (code, _) = lb.admin_get("/readyz").await;

@@ -400,7 +400,10 @@ pub fn parse_response(raw: &[u8]) -> (u16, String) {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         let mut out = String::new();
         let mut rest = body;
         while let Some((size, after)) = rest.split_once("\r\n") {
@@ -418,7 +421,11 @@ pub fn parse_response(raw: &[u8]) -> (u16, String) {
     (code, body)
 }
 
-pub async fn tls(addr: SocketAddr, pki: &Pki, client_cert: bool) -> std::io::Result<TlsStream<TcpStream>> {
+pub async fn tls(
+    addr: SocketAddr,
+    pki: &Pki,
+    client_cert: bool,
+) -> std::io::Result<TlsStream<TcpStream>> {
     let tcp = TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
     let name = ServerName::try_from(SERVER_NAME).unwrap();

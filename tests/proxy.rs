@@ -1,0 +1,393 @@
+//! `apilb run` as a proxy and a process: bytes, half-close, TLS with client certificates end
+//! to end, reload, the admin endpoint and `apilb status`, drain, the connection limit, and
+//! configuration errors.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_exact_both_ways_and_half_close_propagated() {
+    let pki = Pki::new();
+    let s = Standin::start(&pki, [127, 0, 0, 2], "cp1");
+    let lb = Apilb::start(&pki, &[&s], &[]);
+    lb.wait_all_ready(&[&s]);
+    // The stand-in's raw mode echoes every byte, and only after it sees our FIN sends its
+    // trailer: the trailer proves the half-close went through, the echo that bytes are exact.
+    let payload: Vec<u8> = (0..30_000_000u64)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let c = TcpStream::connect(lb.listen).await.unwrap();
+    let (mut r, mut w) = c.into_split();
+    let sent = payload.clone();
+    let writer = tokio::spawn(async move {
+        w.write_all(&sent).await.unwrap();
+        w.shutdown().await.unwrap();
+        w
+    });
+    let mut back = Vec::new();
+    r.read_to_end(&mut back).await.unwrap();
+    let _w = writer.await.unwrap();
+    let trailer = b"bye from cp1\n";
+    assert_eq!(back.len(), payload.len() + trailer.len());
+    assert!(back[..payload.len()] == payload[..], "bytes differ");
+    assert_eq!(&back[payload.len()..], trailer);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_client_certificates_pass_through_untouched() {
+    let pki = Pki::new();
+    // This stand-in requires a client certificate signed by the cluster CA.
+    let s = Standin::start_opts(&pki, free_port([127, 0, 0, 2]), "cp1", true);
+    let cert = pki.client_cert.display().to_string();
+    let key = pki.client_key.display().to_string();
+    let lb = Apilb::start(
+        &pki,
+        &[&s],
+        &["--health-client-cert", &cert, "--health-client-key", &key],
+    );
+    lb.wait_all_ready(&[&s]);
+    // Through apilb on 127.0.0.1, verifying the apiserver certificate (name "kubernetes")
+    // and presenting the client certificate: the server sees it.
+    let (code, body) = request(lb.listen, &pki, "GET", "/whoami", true)
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(body.trim()).unwrap();
+    assert_eq!(v["client_cert"], true);
+    assert_eq!(v["server"], "cp1");
+    // Without one, the server refuses the handshake, exactly as it would directly.
+    assert!(request(lb.listen, &pki, "GET", "/whoami", false)
+        .await
+        .is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_and_file_change_reload_the_server_list() {
+    let pki = Pki::new();
+    let s1 = Standin::start(&pki, [127, 0, 0, 2], "cp1");
+    let s2 = Standin::start(&pki, [127, 0, 0, 3], "cp2");
+    let s3 = Standin::start(&pki, [127, 0, 0, 4], "cp3");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("apilb.yaml");
+    let write = |servers: &[&Standin]| {
+        let list: Vec<String> = servers
+            .iter()
+            .map(|s| format!("  - \"{}\"", s.addr))
+            .collect();
+        std::fs::write(
+            &cfg,
+            format!(
+                "ca-file: {}\nserver:\n{}\n",
+                pki.ca.display(),
+                list.join("\n")
+            ),
+        )
+        .unwrap();
+    };
+    write(&[&s1, &s2]);
+    let lb = Apilb::start_args(vec!["--config".into(), cfg.display().to_string()], None);
+    lb.wait_all_ready(&[&s1, &s2]);
+    let mut ws = watches_on(lb.listen, &pki, &["cp1", "cp2"]).await;
+
+    // SIGHUP with cp2 replaced by cp3: cp2's stream closes, cp1's is untouched.
+    let mark = lb.mark();
+    write(&[&s1, &s3]);
+    lb.signal(libc::SIGHUP);
+    lb.wait_log_from(mark, Duration::from_secs(10), |v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("reloaded"))
+            && v["added"] == 1
+    });
+    ws[1].closed_within(Duration::from_secs(10)).await;
+    ws[0].still_flowing().await;
+    lb.wait_state(mark, s3.addr, "ready", Duration::from_secs(10));
+    let (ok, failed) = many_whoami(lb.listen, &pki, 20).await;
+    assert!(failed.is_empty());
+    assert!(ok.iter().all(|n| n != "cp2"));
+    assert!(ok.iter().any(|n| n == "cp3"));
+
+    // A change of the file alone (no signal) is picked up too.
+    let mark = lb.mark();
+    write(&[&s1, &s2, &s3]);
+    lb.wait_log_from(mark, Duration::from_secs(10), |v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("reloaded"))
+            && v["cause"] == "config file changed"
+    });
+    // A broken file is refused and the servers kept.
+    let mark = lb.mark();
+    std::fs::write(&cfg, "server: [\n").unwrap();
+    lb.signal(libc::SIGHUP);
+    lb.wait_log_from(mark, Duration::from_secs(10), |v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("reload failed"))
+    });
+    let st = lb.status().await;
+    assert_eq!(st["servers"].as_array().unwrap().len(), 3);
+    drop(ws);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoints_and_status_command() {
+    let pki = Pki::new();
+    let s1 = Standin::start(&pki, [127, 0, 0, 2], "cp1");
+    let mut s2 = Standin::start(&pki, [127, 0, 0, 3], "cp2");
+    let lb = Apilb::start(&pki, &[&s1, &s2], &[]);
+    lb.wait_all_ready(&[&s1, &s2]);
+    let _w = Watch::open(lb.listen, &pki).await;
+
+    assert_eq!(lb.admin_get("/healthz").await.0, 200);
+    assert_eq!(lb.admin_get("/readyz").await.0, 200);
+    assert_eq!(lb.admin_get("/nope").await.0, 404);
+    let (code, metrics) = lb.admin_get("/metrics").await;
+    assert_eq!(code, 200);
+    for name in [
+        "apilb_server_state{",
+        "apilb_server_active_connections{",
+        "apilb_connect_attempts_total{",
+        "apilb_connect_duration_seconds_bucket{",
+        "apilb_bytes_total{",
+        "apilb_health_check_duration_seconds_bucket{",
+        "apilb_failover_closed_connections_total{",
+        "apilb_connections_accepted_total",
+        "apilb_panic_mode",
+    ] {
+        assert!(
+            metrics.contains(name),
+            "{name} missing from /metrics:\n{metrics}"
+        );
+    }
+    let st = lb.status().await;
+    assert_eq!(st["ready"], true);
+    assert_eq!(st["client_connections"], 1);
+    let servers = st["servers"].as_array().unwrap();
+    assert_eq!(servers.len(), 2);
+    assert!(servers
+        .iter()
+        .all(|v| v["state"] == "ready" && v["protocol"] == "h2"));
+    assert_eq!(
+        servers
+            .iter()
+            .map(|v| v["active_connections"].as_u64().unwrap())
+            .sum::<u64>(),
+        1
+    );
+
+    let admin_url = format!("http://{}", lb.admin);
+    let out = Command::new(APILB)
+        .args(["status", "--admin-url", &admin_url])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("READY"), "{text}");
+    assert!(text.contains(&s1.addr.to_string()) && text.contains(&s2.addr.to_string()));
+
+    // Exit code 1 and NOT READY when no server is ready.
+    let mark = lb.mark();
+    drop(s1);
+    s2.kill();
+    lb.wait_state(mark, s2.addr, "down", Duration::from_secs(10));
+    let st = lb.status().await;
+    assert_eq!(st["ready"], false);
+    assert_eq!(lb.admin_get("/readyz").await.0, 503);
+    let out = Command::new(APILB)
+        .args(["status", "--admin-url", &admin_url])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("NOT READY"));
+    // And a clear error when nothing listens there.
+    let out = Command::new(APILB)
+        .args(["status", "--admin-url", "http://127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is apilb running?"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_then_closes() {
+    let pki = Pki::new();
+    let s = Standin::start(&pki, [127, 0, 0, 2], "cp1");
+    let mut lb = Apilb::start(&pki, &[&s], &["--drain-grace", "1s"]);
+    lb.wait_all_ready(&[&s]);
+    let mut w = Watch::open(lb.listen, &pki).await;
+    let mark = lb.mark();
+    lb.signal(libc::SIGTERM);
+    lb.wait_log_from(mark, Duration::from_secs(5), |v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("stopping"))
+    });
+    // New connections are refused once the listener is gone …
+    lb.wait_log_from(mark, Duration::from_secs(5), |v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("drain grace over"))
+    });
+    // … the open stream kept flowing during the grace, then was closed.
+    w.closed_within(Duration::from_secs(5)).await;
+    assert_eq!(lb.wait_exit(Duration::from_secs(5)), Some(0));
+    assert!(TcpStream::connect(lb.listen).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limit_closes_the_excess_and_counts_it() {
+    let pki = Pki::new();
+    let s = Standin::start(&pki, [127, 0, 0, 2], "cp1");
+    let lb = Apilb::start(&pki, &[&s], &["--max-connections", "2"]);
+    lb.wait_all_ready(&[&s]);
+    let _a = Watch::open(lb.listen, &pki).await;
+    let _b = Watch::open(lb.listen, &pki).await;
+    assert!(
+        whoami(lb.listen, &pki).await.is_err(),
+        "third connection was served"
+    );
+    let (_, metrics) = lb.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("apilb_connections_rejected_total{reason=\"connection_limit\"} 1"),
+        "{metrics}"
+    );
+    drop(_a);
+    // Room again once a connection ends (apilb notices the close asynchronously).
+    let mut served = false;
+    for _ in 0..50 {
+        if whoami(lb.listen, &pki).await.is_ok() {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(served, "no room after a connection ended");
+}
+
+fn run_err(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(APILB).arg("run").args(args).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn configuration_errors_name_the_flag_and_the_fix() {
+    let pki = Pki::new();
+    let ca = pki.ca.display().to_string();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--ca-file", &ca], "--server HOST:PORT"),
+        (vec!["--server", "cp1", "--ca-file", &ca], "missing port"),
+        (vec!["--server", "10.0.0.1:6443"], "--ca-file"),
+        (
+            vec![
+                "--server",
+                "10.0.0.1:6443",
+                "--ca-file",
+                &ca,
+                "--listen",
+                "0.0.0.0:6443",
+            ],
+            "--allow-non-loopback",
+        ),
+        (
+            vec![
+                "--server",
+                "10.0.0.1:6443",
+                "--ca-file",
+                "/nonexistent/ca.crt",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--listen",
+                "127.0.0.1:0",
+            ],
+            "--ca-file /nonexistent/ca.crt",
+        ),
+        (
+            vec![
+                "--server",
+                "10.0.0.1:6443",
+                "--ca-file",
+                &ca,
+                "--health-client-cert",
+                &ca,
+            ],
+            "--health-client-key",
+        ),
+        (
+            vec![
+                "--server",
+                "10.0.0.1:6443",
+                "--ca-file",
+                &ca,
+                "--connect-timeout",
+                "soon",
+            ],
+            "--connect-timeout",
+        ),
+    ];
+    for (args, want) in cases {
+        let (code, err) = run_err(&args);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: expected {want:?} in {err:?}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    // A file with an unknown key names the file and the key.
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("c.yaml");
+    std::fs::write(&f, "servers: [\"10.0.0.1:6443\"]\n").unwrap();
+    let (code, err) = run_err(&["--config", f.to_str().unwrap()]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("c.yaml") && err.contains("unknown field `servers`"),
+        "{err}"
+    );
+    // A CA file that is not PEM.
+    let bad = dir.path().join("bad.crt");
+    std::fs::write(&bad, "not a certificate").unwrap();
+    let (code, err) = run_err(&[
+        "--server",
+        "10.0.0.1:6443",
+        "--ca-file",
+        bad.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--ca-file") && err.contains("bad.crt"),
+        "{err}"
+    );
+}
+
+#[test]
+fn version_and_help_show_defaults() {
+    let out = Command::new(APILB).arg("--version").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("apilb 0."));
+    let out = Command::new(APILB)
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for d in [
+        "127.0.0.1:6443",
+        "127.0.0.1:6447",
+        "200ms",
+        "500ms",
+        "800ms",
+        "[default: 4s]",
+        "10000",
+    ] {
+        assert!(help.contains(d), "{d} missing from run --help");
+    }
+}
