@@ -33,6 +33,11 @@ pub enum Command {
     /// Point kubeconfigs at the local apilb, or put them back.
     #[command(subcommand)]
     Kubeconfig(KubeconfigCommand),
+    /// Print a static pod (or, with --systemd, a systemd unit) that runs apilb on a node.
+    Manifest(Box<ManifestArgs>),
+    /// Steps around `kubeadm join` on a worker.
+    #[command(subcommand)]
+    Kubeadm(KubeadmCommand),
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -221,4 +226,105 @@ pub struct KubeconfigRestoreArgs {
     /// The input is a ConfigMap; restore the kubeconfig under this data key.
     #[arg(long, value_name = "KEY")]
     pub configmap_key: Option<String>,
+}
+
+#[derive(Debug, Args, Default)]
+#[command(after_help = "Examples:\n  \
+    apilb manifest --server 10.0.0.11:6443 --server 10.0.0.12:6443 --server 10.0.0.13:6443 \\\n      \
+    > /etc/kubernetes/manifests/apilb.yaml\n  \
+    apilb manifest --from-kubespray > /tmp/apilb.yaml\n  \
+    apilb manifest --systemd --server 10.0.0.11:6443 --ca-file /etc/apilb/ca.crt \\\n      \
+    > /etc/systemd/system/apilb.service")]
+pub struct ManifestArgs {
+    /// A control plane, HOST:PORT (repeatable).
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "from_kubespray")]
+    pub server: Vec<String>,
+
+    /// Address apilb listens on (repeatable). [default: 127.0.0.1:6443, or where kubespray's
+    /// proxy listened with --from-kubespray]
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Vec<String>,
+
+    /// Container image of the static pod. [default: apilb:<this version>]
+    #[arg(long, value_name = "IMAGE")]
+    pub image: Option<String>,
+
+    /// CA bundle that signs the apiserver certificates, on the node. [default:
+    /// /etc/kubernetes/pki/ca.crt, or /etc/kubernetes/ssl/ca.crt with --from-kubespray]
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+
+    /// Client certificate for health checks, on the node (when anonymous /readyz is off).
+    #[arg(long, value_name = "FILE", requires = "health_client_key")]
+    pub health_client_cert: Option<PathBuf>,
+
+    /// Key of --health-client-cert, on the node.
+    #[arg(long, value_name = "FILE", requires = "health_client_cert")]
+    pub health_client_key: Option<PathBuf>,
+
+    /// Admin endpoint; the probes use it. [default: 127.0.0.1:6447]
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub admin_listen: Option<String>,
+
+    /// Take the control planes and listen addresses from kubespray's nginx-proxy
+    /// (/etc/nginx/nginx.conf) or HAProxy (/etc/haproxy/haproxy.cfg) on this node.
+    #[arg(long)]
+    pub from_kubespray: bool,
+
+    /// kubespray's nginx config to read. [default: /etc/nginx/nginx.conf]
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["haproxy_cfg", "server"])]
+    pub nginx_conf: Option<PathBuf>,
+
+    /// kubespray's HAProxy config to read. [default: /etc/haproxy/haproxy.cfg]
+    #[arg(long, value_name = "PATH", conflicts_with = "server")]
+    pub haproxy_cfg: Option<PathBuf>,
+
+    /// Print a systemd unit (apilb.service) instead of a static pod.
+    #[arg(long)]
+    pub systemd: bool,
+
+    /// Path of the apilb binary in the systemd unit. [default: /usr/local/bin/apilb]
+    #[arg(long, value_name = "PATH")]
+    pub binary: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KubeadmCommand {
+    /// After `kubeadm join`: wait for the local apilb, point kubelet.conf at it, restart
+    /// kubelet. Safe to run again.
+    PostJoin(PostJoinArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PostJoinArgs {
+    /// kubelet's kubeconfig, written by `kubeadm join`.
+    #[arg(
+        long,
+        default_value = "/etc/kubernetes/kubelet.conf",
+        value_name = "FILE"
+    )]
+    pub kubeconfig: PathBuf,
+    /// The local apilb's URL, written into kubelet.conf.
+    #[arg(long, default_value = "https://127.0.0.1:6443", value_name = "URL")]
+    pub server: String,
+    /// Name to verify the apiserver certificate against. [default: the original server's host]
+    #[arg(long, value_name = "NAME")]
+    pub tls_server_name: Option<String>,
+    /// Admin endpoint of the local apilb, asked whether a server is ready.
+    #[arg(long, default_value = "http://127.0.0.1:6447", value_name = "URL")]
+    pub admin_url: String,
+    /// How long to wait for the local apilb to have a ready server.
+    #[arg(long, default_value = "2m", value_parser = duration, value_name = "DURATION")]
+    pub timeout: Duration,
+    /// Command that restarts kubelet, run with `sh -c`.
+    #[arg(
+        long,
+        default_value = "systemctl restart kubelet",
+        value_name = "COMMAND",
+        conflicts_with = "no_restart"
+    )]
+    pub restart_command: String,
+    /// Do not restart kubelet (it reads kubelet.conf only when it starts).
+    #[arg(long)]
+    pub no_restart: bool,
 }

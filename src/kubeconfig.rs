@@ -1134,8 +1134,9 @@ fn in_configmap(
 // booleans or numbers. So the document is written here, in kubectl's block style, and
 // a string is left plain only when both yaml_serde and a YAML 1.1 reader see a string.
 
-/// Writes `doc` as a block-style YAML document ending in a newline.
-fn emit_yaml(doc: &Value) -> String {
+/// Writes `doc` as a block-style YAML document ending in a newline. Also used by
+/// `manifest` for the static pod, which client-go's YAML 1.1 reader (the kubelet's) reads.
+pub(crate) fn emit_yaml(doc: &Value) -> String {
     let mut out = String::new();
     match doc {
         Value::Mapping(m) if !m.is_empty() => emit_mapping(&mut out, m, 0, false),

@@ -25,8 +25,13 @@ fn read_input(file: &Path) -> anyhow::Result<(String, String)> {
     Ok((text, file.display().to_string()))
 }
 
-/// Waits until the local apilb's admin /readyz answers 200.
-async fn wait_ready(admin_url: &str, timeout: Duration) -> anyhow::Result<()> {
+/// Waits until the local apilb's admin /readyz answers 200. `what` names the step in the
+/// error (`--wait-ready`, `post-join`). Also used by `apilb kubeadm post-join`.
+pub(crate) async fn wait_ready(
+    what: &str,
+    admin_url: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         let last = match crate::status::get(admin_url, "/readyz").await {
@@ -36,7 +41,7 @@ async fn wait_ready(admin_url: &str, timeout: Duration) -> anyhow::Result<()> {
         };
         if Instant::now() >= deadline {
             bail!(
-                "--wait-ready: apilb at {admin_url} reported no ready server within {} \
+                "{what}: apilb at {admin_url} reported no ready server within {} \
                  (last: {last}); the kubeconfig was not changed. Check `apilb status \
                  --admin-url {admin_url}`",
                 humantime::format_duration(timeout)
@@ -105,7 +110,7 @@ async fn rewrite(a: &KubeconfigRewriteArgs) -> anyhow::Result<()> {
         None => kubeconfig::rewrite(&text, &source, &opts)?,
     };
     if a.wait_ready && !a.dry_run && matches!(outcome, Outcome::Changed { .. }) {
-        wait_ready(&a.admin_url, a.timeout).await?;
+        wait_ready("--wait-ready", &a.admin_url, a.timeout).await?;
     }
     finish(&a.file, &source, &text, outcome, a.dry_run, a.backup)
 }

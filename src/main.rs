@@ -12,8 +12,11 @@ mod config;
 mod connect;
 mod copy;
 mod health;
+mod kubeadm;
 mod kubeconfig;
 mod kubeconfig_cmd;
+mod kubespray;
+mod manifest;
 mod metrics;
 mod proxy;
 mod run;
@@ -25,7 +28,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, KubeadmCommand};
 use crate::config::LogFormat;
 
 fn init_logging(format: LogFormat, level: &str) -> Result<(), String> {
@@ -131,15 +134,65 @@ fn main() -> ExitCode {
             };
             match rt.block_on(kubeconfig_cmd::run(cmd)) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("apilb: error: {e:#}");
-                    if e.downcast_ref::<kubeconfig::KubeconfigError>().is_some() {
-                        ExitCode::from(2)
-                    } else {
-                        ExitCode::from(1)
-                    }
-                }
+                Err(e) => kubeconfig_error(e),
             }
+        }
+        Command::Manifest(args) => manifest_command(&args),
+        Command::Kubeadm(KubeadmCommand::PostJoin(args)) => {
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("apilb: error: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match rt.block_on(kubeadm::post_join(&args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => kubeconfig_error(e),
+            }
+        }
+    }
+}
+
+/// Bad kubeconfig input is exit code 2; anything else (apilb not ready, I/O) is 1.
+fn kubeconfig_error(e: anyhow::Error) -> ExitCode {
+    eprintln!("apilb: error: {e:#}");
+    if e.downcast_ref::<kubeconfig::KubeconfigError>().is_some() {
+        ExitCode::from(2)
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn manifest_command(args: &cli::ManifestArgs) -> ExitCode {
+    use std::io::Write;
+    let defaults = (
+        std::path::Path::new(kubespray::DEFAULT_NGINX_CONF),
+        std::path::Path::new(kubespray::DEFAULT_HAPROXY_CFG),
+    );
+    let plan = match manifest::plan(args, defaults) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("apilb: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    for w in &plan.warnings {
+        eprintln!("apilb: warning: {w}");
+    }
+    let mut command = vec!["apilb".to_string()];
+    command.extend(std::env::args().skip(1));
+    let command = manifest::shell_line(&command);
+    let text = if args.systemd {
+        manifest::systemd_unit(&plan, &command)
+    } else {
+        manifest::static_pod(&plan, &command)
+    };
+    match std::io::stdout().write_all(text.as_bytes()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("apilb: error: cannot write the manifest: {e}");
+            ExitCode::from(1)
         }
     }
 }

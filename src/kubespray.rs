@@ -1,0 +1,1005 @@
+//! Reading the control-plane list out of the local apiserver proxy kubespray deploys on
+//! each node, so `apilb manifest --from-kubespray` can take its place.
+//!
+//! # What this module owns
+//!
+//! Parsing the two files kubespray renders from
+//! `roles/kubernetes/node/templates/loadbalancer/`:
+//!
+//! * `/etc/nginx/nginx.conf` (`loadbalancer_apiserver_type: nginx`, the default):
+//!   `stream { upstream kube_apiserver { least_conn; server ADDR:PORT; … }
+//!   server { listen 127.0.0.1:PORT; [listen [::1]:PORT;] proxy_pass kube_apiserver; … } }`
+//! * `/etc/haproxy/haproxy.cfg` (`loadbalancer_apiserver_type: haproxy`):
+//!   `frontend kube_api_frontend` with `bind 127.0.0.1:PORT` [`bind [::1]:PORT`] and
+//!   `default_backend kube_api_backend`; `backend kube_api_backend` with
+//!   `server NAME ADDR:PORT check …` lines.
+//!
+//! The result is where that proxy listened and the servers it forwarded to. Both parsers
+//! read the configuration languages in general (comments, quoting, blocks and sections,
+//! any order), not kubespray's exact text, so hand edits and older kubespray releases
+//! parse too; they look for kubespray's names first (`kube_apiserver`,
+//! `kube_api_backend`) and fall back to the only candidate there is.
+//!
+//! # What it must not do
+//!
+//! No I/O beyond reading the one file it is given, no rendering (that is `manifest`), no
+//! validation of the addresses beyond their syntax (`config` does that for every source
+//! alike, except that a non-loopback listen address is refused here, naming the file, since
+//! apilb would otherwise expose the apiserver path to the network). It never panics on any
+//! input; every error names the file, the line where there is one, and the fix.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use crate::config::ServerSpec;
+
+/// Where kubespray writes its nginx-proxy configuration (`nginx_config_dir`).
+pub const DEFAULT_NGINX_CONF: &str = "/etc/nginx/nginx.conf";
+/// Where kubespray writes its HAProxy configuration (`haproxy_config_dir`).
+pub const DEFAULT_HAPROXY_CFG: &str = "/etc/haproxy/haproxy.cfg";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Nginx,
+    Haproxy,
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Kind::Nginx => "nginx-proxy",
+            Kind::Haproxy => "HAProxy",
+        })
+    }
+}
+
+/// What kubespray's proxy did on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalProxy {
+    pub kind: Kind,
+    pub file: PathBuf,
+    /// Where it listened, in file order, without duplicates.
+    pub listen: Vec<SocketAddr>,
+    /// The servers it forwarded to, in file order, without duplicates.
+    pub servers: Vec<ServerSpec>,
+    /// Things worth telling the operator (servers skipped, duplicates dropped).
+    pub notes: Vec<String>,
+}
+
+/// An error that names the file (and line) and says how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub struct KubesprayError {
+    pub file: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for KubesprayError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "{}:{l}: {}", self.file, self.message),
+            None => write!(f, "{}: {}", self.file, self.message),
+        }
+    }
+}
+
+fn err(file: &Path, line: Option<usize>, message: impl Into<String>) -> KubesprayError {
+    KubesprayError {
+        file: file.display().to_string(),
+        line,
+        message: message.into(),
+    }
+}
+
+/// Finds and reads kubespray's proxy configuration. An explicit path is read as given;
+/// without one, whichever of the two default files exists is read (both existing is an
+/// error: kubespray leaves the old one behind when `loadbalancer_apiserver_type` changes).
+pub fn discover(
+    nginx: Option<&Path>,
+    haproxy: Option<&Path>,
+    default_nginx: &Path,
+    default_haproxy: &Path,
+) -> Result<LocalProxy, KubesprayError> {
+    let read = |path: &Path, kind: Kind| -> Result<LocalProxy, KubesprayError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            let flag = match kind {
+                Kind::Nginx => "--nginx-conf",
+                Kind::Haproxy => "--haproxy-cfg",
+            };
+            err(
+                path,
+                None,
+                format!(
+                    "cannot read kubespray's {kind} configuration: {e}; run this on the node as \
+                     root, or pass {flag} PATH"
+                ),
+            )
+        })?;
+        match kind {
+            Kind::Nginx => parse_nginx(&text, path),
+            Kind::Haproxy => parse_haproxy(&text, path),
+        }
+    };
+    match (nginx, haproxy) {
+        (Some(p), _) => return read(p, Kind::Nginx),
+        (None, Some(p)) => return read(p, Kind::Haproxy),
+        (None, None) => {}
+    }
+    match (default_nginx.exists(), default_haproxy.exists()) {
+        (true, false) => read(default_nginx, Kind::Nginx),
+        (false, true) => read(default_haproxy, Kind::Haproxy),
+        (true, true) => Err(err(
+            default_nginx,
+            None,
+            format!(
+                "both this file and {} exist, so it is unclear which proxy kubespray runs here \
+                 (it leaves the old file behind when loadbalancer_apiserver_type changes); look \
+                 in /etc/kubernetes/manifests for nginx-proxy.yml or haproxy.yml and pass \
+                 --nginx-conf {} or --haproxy-cfg {}",
+                default_haproxy.display(),
+                default_nginx.display(),
+                default_haproxy.display()
+            ),
+        )),
+        (false, false) => Err(err(
+            default_nginx,
+            None,
+            format!(
+                "neither this file nor {} exists: this node runs no kubespray apiserver proxy \
+                 (kubespray installs one only with loadbalancer_apiserver_localhost, on nodes \
+                 that are not control planes). Run this on a kubespray worker, pass \
+                 --nginx-conf PATH or --haproxy-cfg PATH, or give the control planes with \
+                 --server instead of --from-kubespray",
+                default_haproxy.display()
+            ),
+        )),
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Addresses
+// ---------------------------------------------------------------------------------
+
+/// `host:port` / `[v6]:port` as nginx and HAProxy write a server address. Returns host
+/// (without brackets) and port, or a message.
+fn split_host_port(s: &str, haproxy_style: bool) -> Result<(String, Option<u16>), String> {
+    let port = |p: &str| -> Result<u16, String> {
+        match p.parse::<u16>() {
+            Ok(0) | Err(_) => Err(format!("`{s}`: `{p}` is not a port from 1 to 65535")),
+            Ok(n) => Ok(n),
+        }
+    };
+    if let Some(rest) = s.strip_prefix('[') {
+        let (h, after) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("`{s}`: missing `]` after the IPv6 address"))?;
+        return match after.strip_prefix(':') {
+            Some(p) => Ok((h.to_string(), Some(port(p)?))),
+            None if after.is_empty() => Ok((h.to_string(), None)),
+            None => Err(format!("`{s}`: unexpected `{after}` after `]`")),
+        };
+    }
+    match s.matches(':').count() {
+        0 => Ok((s.to_string(), None)),
+        1 => {
+            let (h, p) = s.split_once(':').unwrap_or((s, ""));
+            Ok((h.to_string(), Some(port(p)?)))
+        }
+        // HAProxy reads the part after the last colon as the port, brackets or not.
+        _ if haproxy_style => {
+            let (h, p) = s.rsplit_once(':').unwrap_or((s, ""));
+            Ok((h.to_string(), Some(port(p)?)))
+        }
+        // nginx: a bare IPv6 address (no port) must be in brackets to carry a port.
+        _ => match s.parse::<Ipv6Addr>() {
+            Ok(_) => Ok((s.to_string(), None)),
+            Err(_) => Err(format!(
+                "`{s}`: write IPv6 addresses in brackets: [ADDR]:PORT"
+            )),
+        },
+    }
+}
+
+fn server_spec(host: String, port: Option<u16>, raw: &str) -> Result<ServerSpec, String> {
+    let port = port.ok_or_else(|| {
+        format!("server `{raw}` has no port; kubespray writes HOST:PORT (e.g. {raw}:6443)")
+    })?;
+    if host.is_empty() || host == "*" {
+        return Err(format!("server `{raw}` has no host"));
+    }
+    // The same rules as --server (host name or IP, no path or spaces).
+    ServerSpec::parse(&ServerSpec { host, port }.to_string())
+}
+
+/// Turns a listen/bind host into addresses; `None`/`*`/empty: every IPv4 address.
+fn listen_addrs(host: Option<&str>, port: u16, raw: &str) -> Result<Vec<SocketAddr>, String> {
+    let ips: Vec<IpAddr> = match host {
+        None | Some("") | Some("*") | Some("0.0.0.0") => vec![Ipv4Addr::UNSPECIFIED.into()],
+        Some("::") => vec![Ipv6Addr::UNSPECIFIED.into()],
+        Some("localhost") => vec![Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()],
+        Some(h) => vec![h
+            .parse::<IpAddr>()
+            .map_err(|_| format!("`{raw}`: `{h}` is not an IP address"))?],
+    };
+    let addrs: Vec<SocketAddr> = ips.into_iter().map(|ip| (ip, port).into()).collect();
+    if let Some(a) = addrs.iter().find(|a| !a.ip().is_loopback()) {
+        return Err(format!(
+            "the proxy listens on `{raw}` ({a}), which is not a loopback address; apilb listens \
+             on loopback only. Pass --listen 127.0.0.1:{port} (and --listen [::1]:{port}) to \
+             choose where apilb listens"
+        ));
+    }
+    Ok(addrs)
+}
+
+fn push_unique<T: PartialEq>(v: &mut Vec<T>, item: T) -> bool {
+    if v.contains(&item) {
+        false
+    } else {
+        v.push(item);
+        true
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// nginx
+// ---------------------------------------------------------------------------------
+
+#[derive(Debug)]
+struct Directive {
+    name: String,
+    args: Vec<String>,
+    block: Option<Vec<Directive>>,
+    line: usize,
+}
+
+#[derive(Debug, PartialEq)]
+enum Token {
+    Word(String),
+    Open,
+    Close,
+    Semi,
+}
+
+fn nginx_tokens(text: &str, file: &Path) -> Result<Vec<(Token, usize)>, KubesprayError> {
+    let mut out = Vec::new();
+    let mut chars = text.chars().peekable();
+    let mut line = 1;
+    let mut word = String::new();
+    let mut word_line = 1;
+    let flush = |word: &mut String, out: &mut Vec<(Token, usize)>, at: usize| {
+        if !word.is_empty() {
+            out.push((Token::Word(std::mem::take(word)), at));
+        }
+    };
+    while let Some(c) = chars.next() {
+        match c {
+            '\n' => {
+                flush(&mut word, &mut out, word_line);
+                line += 1;
+            }
+            c if c.is_whitespace() => flush(&mut word, &mut out, word_line),
+            '#' if word.is_empty() => {
+                for c in chars.by_ref() {
+                    if c == '\n' {
+                        line += 1;
+                        break;
+                    }
+                }
+            }
+            '{' | '}' | ';' => {
+                flush(&mut word, &mut out, word_line);
+                let t = match c {
+                    '{' => Token::Open,
+                    '}' => Token::Close,
+                    _ => Token::Semi,
+                };
+                out.push((t, line));
+            }
+            '"' | '\'' if word.is_empty() => {
+                let start = line;
+                let mut s = String::new();
+                let mut closed = false;
+                while let Some(q) = chars.next() {
+                    match q {
+                        '\\' => {
+                            if let Some(n) = chars.next() {
+                                s.push(n);
+                            }
+                        }
+                        q2 if q2 == c => {
+                            closed = true;
+                            break;
+                        }
+                        '\n' => {
+                            line += 1;
+                            s.push('\n');
+                        }
+                        other => s.push(other),
+                    }
+                }
+                if !closed {
+                    return Err(err(file, Some(start), "unterminated quoted string"));
+                }
+                out.push((Token::Word(s), start));
+            }
+            '\\' => {
+                if word.is_empty() {
+                    word_line = line;
+                }
+                if let Some(n) = chars.next() {
+                    word.push(n);
+                }
+            }
+            other => {
+                if word.is_empty() {
+                    word_line = line;
+                }
+                word.push(other);
+            }
+        }
+    }
+    flush(&mut word, &mut out, word_line);
+    Ok(out)
+}
+
+fn nginx_parse(text: &str, file: &Path) -> Result<Vec<Directive>, KubesprayError> {
+    let tokens = nginx_tokens(text, file)?;
+    let mut stack: Vec<Vec<Directive>> = vec![Vec::new()];
+    let mut open: Vec<(String, Vec<String>, usize)> = Vec::new();
+    let mut current: Option<(String, Vec<String>, usize)> = None;
+    for (tok, line) in tokens {
+        match tok {
+            Token::Word(w) => match &mut current {
+                Some((_, args, _)) => args.push(w),
+                None => current = Some((w, Vec::new(), line)),
+            },
+            Token::Semi => {
+                let (name, args, l) = current
+                    .take()
+                    .ok_or_else(|| err(file, Some(line), "unexpected `;`"))?;
+                if let Some(level) = stack.last_mut() {
+                    level.push(Directive {
+                        name,
+                        args,
+                        block: None,
+                        line: l,
+                    });
+                }
+            }
+            Token::Open => {
+                let head = current
+                    .take()
+                    .ok_or_else(|| err(file, Some(line), "unexpected `{`"))?;
+                open.push(head);
+                stack.push(Vec::new());
+            }
+            Token::Close => {
+                if let Some((name, _, _)) = current.take() {
+                    return Err(err(
+                        file,
+                        Some(line),
+                        format!("directive `{name}` is missing its `;`"),
+                    ));
+                }
+                let (Some((name, args, l)), Some(body)) = (open.pop(), stack.pop()) else {
+                    return Err(err(file, Some(line), "unexpected `}`"));
+                };
+                if let Some(level) = stack.last_mut() {
+                    level.push(Directive {
+                        name,
+                        args,
+                        block: Some(body),
+                        line: l,
+                    });
+                }
+            }
+        }
+    }
+    if let Some((name, _, l)) = current {
+        return Err(err(
+            file,
+            Some(l),
+            format!("directive `{name}` is missing its `;`"),
+        ));
+    }
+    if let Some((name, _, l)) = open.last() {
+        return Err(err(
+            file,
+            Some(*l),
+            format!("block `{name}` is not closed with `}}`"),
+        ));
+    }
+    Ok(stack.pop().unwrap_or_default())
+}
+
+/// Parses kubespray's nginx-proxy configuration.
+pub fn parse_nginx(text: &str, file: &Path) -> Result<LocalProxy, KubesprayError> {
+    let top = nginx_parse(text, file)?;
+    let stream: Vec<&Directive> = top
+        .iter()
+        .filter(|d| d.name == "stream")
+        .flat_map(|d| d.block.iter().flatten())
+        .collect();
+    if stream.is_empty() {
+        return Err(err(
+            file,
+            None,
+            "no `stream { … }` block with an upstream: this is not kubespray's nginx-proxy \
+             configuration (it forwards TCP in `stream { upstream kube_apiserver { … } }`); \
+             pass --nginx-conf with the right file, or give the control planes with --server",
+        ));
+    }
+    let upstreams: Vec<&Directive> = stream
+        .iter()
+        .copied()
+        .filter(|d| d.name == "upstream" && d.block.is_some())
+        .collect();
+    let proxies: Vec<(&Directive, String)> = stream
+        .iter()
+        .filter(|d| d.name == "server")
+        .filter_map(|d| {
+            let pass = d.block.iter().flatten().find(|x| x.name == "proxy_pass")?;
+            Some((*d, pass.args.first()?.clone()))
+        })
+        .collect();
+    let used: Vec<&str> = upstreams
+        .iter()
+        .filter_map(|u| u.args.first().map(String::as_str))
+        .filter(|name| proxies.iter().any(|(_, p)| p == name))
+        .collect();
+    let chosen =
+        if used.contains(&"kube_apiserver") {
+            "kube_apiserver"
+        } else {
+            match used.as_slice() {
+                [one] => *one,
+                [] => return Err(err(
+                    file,
+                    None,
+                    "no `server { listen …; proxy_pass UPSTREAM; }` in the stream block passes to \
+                     an `upstream` defined there; kubespray's reads `proxy_pass kube_apiserver;`. \
+                     Give the control planes with --server instead",
+                )),
+                many => {
+                    return Err(err(
+                        file,
+                        None,
+                        format!(
+                            "several stream upstreams are in use ({}) and none is kubespray's \
+                         `kube_apiserver`; give the control planes with --server instead",
+                            many.join(", ")
+                        ),
+                    ))
+                }
+            }
+        };
+    let upstream = upstreams
+        .iter()
+        .find(|u| u.args.first().map(String::as_str) == Some(chosen))
+        .ok_or_else(|| err(file, None, format!("upstream `{chosen}` not found")))?;
+
+    let mut notes = Vec::new();
+    let mut servers = Vec::new();
+    for d in upstream
+        .block
+        .iter()
+        .flatten()
+        .filter(|d| d.name == "server")
+    {
+        let raw = d.args.first().ok_or_else(|| {
+            err(
+                file,
+                Some(d.line),
+                "`server` without an address; write `server HOST:PORT;`",
+            )
+        })?;
+        if raw.starts_with("unix:") {
+            return Err(err(
+                file,
+                Some(d.line),
+                format!("server `{raw}` is a unix socket; apilb forwards to TCP servers only"),
+            ));
+        }
+        if d.args[1..].iter().any(|a| a == "down") {
+            notes.push(format!(
+                "{}:{}: server {raw} is marked `down` in nginx; left out",
+                file.display(),
+                d.line
+            ));
+            continue;
+        }
+        let spec = split_host_port(raw, false)
+            .and_then(|(h, p)| server_spec(h, p, raw))
+            .map_err(|m| err(file, Some(d.line), m))?;
+        if !push_unique(&mut servers, spec) {
+            notes.push(format!(
+                "{}:{}: server {raw} is listed twice; kept once",
+                file.display(),
+                d.line
+            ));
+        }
+    }
+    if servers.is_empty() {
+        return Err(err(
+            file,
+            Some(upstream.line),
+            format!(
+                "upstream `{chosen}` lists no servers; kubespray renders one `server ADDR:PORT;` \
+                 per control plane. Re-run kubespray, or give the control planes with --server"
+            ),
+        ));
+    }
+
+    let mut listen = Vec::new();
+    for (server, _) in proxies.iter().filter(|(_, p)| p == chosen) {
+        for d in server.block.iter().flatten().filter(|d| d.name == "listen") {
+            let raw = d.args.first().ok_or_else(|| {
+                err(
+                    file,
+                    Some(d.line),
+                    "`listen` without an address; write `listen 127.0.0.1:6443;`",
+                )
+            })?;
+            if d.args[1..].iter().any(|a| a == "udp") {
+                continue;
+            }
+            let addrs = nginx_listen(raw).map_err(|m| err(file, Some(d.line), m))?;
+            for a in addrs {
+                push_unique(&mut listen, a);
+            }
+        }
+    }
+    if listen.is_empty() {
+        return Err(err(
+            file,
+            None,
+            format!(
+                "no `listen` in the stream server that passes to `{chosen}`; pass --listen \
+                 127.0.0.1:6443"
+            ),
+        ));
+    }
+    Ok(LocalProxy {
+        kind: Kind::Nginx,
+        file: file.to_path_buf(),
+        listen,
+        servers,
+        notes,
+    })
+}
+
+/// nginx `listen`: `ADDR:PORT`, `[V6]:PORT`, `PORT`, `*:PORT`, `localhost:PORT`.
+fn nginx_listen(raw: &str) -> Result<Vec<SocketAddr>, String> {
+    if raw.starts_with("unix:") {
+        return Err(format!(
+            "`listen {raw}` is a unix socket; apilb listens on TCP. Pass --listen"
+        ));
+    }
+    if let Ok(port) = raw.parse::<u16>() {
+        return listen_addrs(None, port, raw);
+    }
+    let (host, port) = split_host_port(raw, false)?;
+    match port {
+        Some(p) => listen_addrs(Some(&host), p, raw),
+        // nginx: an address without a port listens on 80.
+        None => listen_addrs(Some(&host), 80, raw),
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// HAProxy
+// ---------------------------------------------------------------------------------
+
+const HAPROXY_SECTIONS: &[&str] = &[
+    "global",
+    "defaults",
+    "frontend",
+    "backend",
+    "listen",
+    "userlist",
+    "peers",
+    "resolvers",
+    "mailers",
+    "program",
+    "http-errors",
+    "ring",
+    "cache",
+    "crt-store",
+    "traces",
+];
+
+struct Section {
+    kind: String,
+    name: String,
+    line: usize,
+    /// (line, words) of every keyword line in the section.
+    lines: Vec<(usize, Vec<String>)>,
+}
+
+/// Splits a HAProxy config line into words: whitespace separates, `#` starts a comment,
+/// quotes and backslashes escape.
+fn haproxy_words(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut word = String::new();
+    let mut in_word = false;
+    let mut quote: Option<char> = None;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some('"'), '\\') | (None, '\\') => {
+                if let Some(n) = chars.next() {
+                    word.push(n);
+                    in_word = true;
+                }
+            }
+            (Some(_), c) => word.push(c),
+            (None, '"' | '\'') => {
+                quote = Some(c);
+                in_word = true;
+            }
+            (None, '#') => break,
+            (None, c) if c.is_whitespace() => {
+                if in_word {
+                    out.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+            }
+            (None, c) => {
+                word.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if in_word {
+        out.push(word);
+    }
+    out
+}
+
+fn haproxy_sections(text: &str) -> Vec<Section> {
+    let mut sections: Vec<Section> = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let words = haproxy_words(raw);
+        let Some(first) = words.first() else { continue };
+        if HAPROXY_SECTIONS.contains(&first.as_str()) {
+            sections.push(Section {
+                kind: first.clone(),
+                name: words.get(1).cloned().unwrap_or_default(),
+                line: i + 1,
+                lines: Vec::new(),
+            });
+        } else if let Some(s) = sections.last_mut() {
+            s.lines.push((i + 1, words));
+        }
+    }
+    sections
+}
+
+fn words_after<'a>(
+    s: &'a Section,
+    keyword: &str,
+) -> impl Iterator<Item = &'a (usize, Vec<String>)> {
+    let keyword = keyword.to_string();
+    s.lines
+        .iter()
+        .filter(move |(_, w)| w.first().map(String::as_str) == Some(keyword.as_str()))
+}
+
+/// HAProxy address: strips `ipv4@`/`ipv6@`/`tcp@`-style prefixes; refuses sockets.
+fn haproxy_address(raw: &str) -> Result<&str, String> {
+    let (prefix, rest) = match raw.split_once('@') {
+        Some((p, r)) => (Some(p), r),
+        None => (None, raw),
+    };
+    match prefix {
+        None | Some("ipv4" | "ipv6" | "tcp" | "tcp4" | "tcp6") => {}
+        Some(p) => {
+            return Err(format!(
+                "`{raw}`: `{p}@` addresses are not TCP; apilb uses TCP addresses"
+            ))
+        }
+    }
+    if rest.starts_with('/') {
+        return Err(format!(
+            "`{raw}` is a unix socket; apilb uses TCP addresses"
+        ));
+    }
+    Ok(rest)
+}
+
+/// Parses kubespray's HAProxy configuration.
+pub fn parse_haproxy(text: &str, file: &Path) -> Result<LocalProxy, KubesprayError> {
+    let sections = haproxy_sections(text);
+    let backends: Vec<&Section> = sections
+        .iter()
+        .filter(|s| s.kind == "backend" || s.kind == "listen")
+        .filter(|s| words_after(s, "server").next().is_some())
+        .collect();
+    let backend = match backends.iter().find(|s| s.name == "kube_api_backend") {
+        Some(b) => *b,
+        None => match backends.as_slice() {
+            [one] => *one,
+            [] => {
+                return Err(err(
+                    file,
+                    None,
+                    "no backend with `server` lines: this is not kubespray's HAProxy \
+                     configuration (its `backend kube_api_backend` lists one `server NAME \
+                     ADDR:PORT check …` per control plane); pass --haproxy-cfg with the right \
+                     file, or give the control planes with --server",
+                ))
+            }
+            many => {
+                return Err(err(
+                    file,
+                    None,
+                    format!(
+                        "several backends have servers ({}) and none is kubespray's \
+                         `kube_api_backend`; give the control planes with --server instead",
+                        many.iter()
+                            .map(|s| s.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ))
+            }
+        },
+    };
+
+    let mut notes = Vec::new();
+    let mut servers = Vec::new();
+    for (line, words) in words_after(backend, "server") {
+        let (Some(name), Some(raw)) = (words.get(1), words.get(2)) else {
+            return Err(err(
+                file,
+                Some(*line),
+                "`server` needs a name and an address: `server NAME ADDR:PORT …`",
+            ));
+        };
+        if words[3..].iter().any(|w| w == "disabled") {
+            notes.push(format!(
+                "{}:{line}: server {name} ({raw}) is `disabled` in HAProxy; left out",
+                file.display()
+            ));
+            continue;
+        }
+        let spec = haproxy_address(raw)
+            .and_then(|a| split_host_port(a, true))
+            .and_then(|(h, p)| server_spec(h, p, raw))
+            .map_err(|m| err(file, Some(*line), format!("server {name}: {m}")))?;
+        if !push_unique(&mut servers, spec) {
+            notes.push(format!(
+                "{}:{line}: server {name} ({raw}) is listed twice; kept once",
+                file.display()
+            ));
+        }
+    }
+    if servers.is_empty() {
+        return Err(err(
+            file,
+            Some(backend.line),
+            format!(
+                "{} `{}` has no usable servers; re-run kubespray, or give the control planes \
+                 with --server",
+                backend.kind, backend.name
+            ),
+        ));
+    }
+
+    // Frontends that send their traffic to the backend, or the listen section itself.
+    let fronts: Vec<&Section> = sections
+        .iter()
+        .filter(|s| {
+            (s.kind == "listen" && s.name == backend.name)
+                || (s.kind == "frontend"
+                    && words_after(s, "default_backend")
+                        .chain(words_after(s, "use_backend"))
+                        .any(|(_, w)| w.get(1) == Some(&backend.name)))
+        })
+        .collect();
+    let mut listen = Vec::new();
+    for s in &fronts {
+        for (line, words) in words_after(s, "bind") {
+            let Some(list) = words.get(1) else {
+                return Err(err(
+                    file,
+                    Some(*line),
+                    "`bind` without an address; write `bind 127.0.0.1:6443`",
+                ));
+            };
+            for raw in list.split(',') {
+                let addrs = haproxy_address(raw)
+                    .and_then(|a| {
+                        let (h, p) = split_host_port(a, true)?;
+                        let p = p.ok_or_else(|| format!("`bind {raw}` has no port"))?;
+                        listen_addrs(Some(&h), p, raw)
+                    })
+                    .map_err(|m| err(file, Some(*line), m))?;
+                for a in addrs {
+                    push_unique(&mut listen, a);
+                }
+            }
+        }
+    }
+    if listen.is_empty() {
+        return Err(err(
+            file,
+            None,
+            format!(
+                "no frontend with a `bind` sends traffic to `{}` (kubespray's \
+                 `frontend kube_api_frontend` has `bind 127.0.0.1:6443` and `default_backend \
+                 kube_api_backend`); pass --listen 127.0.0.1:6443",
+                backend.name
+            ),
+        ));
+    }
+    Ok(LocalProxy {
+        kind: Kind::Haproxy,
+        file: file.to_path_buf(),
+        listen,
+        servers,
+        notes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> PathBuf {
+        PathBuf::from(s)
+    }
+
+    fn specs(v: &[&str]) -> Vec<ServerSpec> {
+        v.iter().map(|s| ServerSpec::parse(s).unwrap()).collect()
+    }
+
+    fn addrs(v: &[&str]) -> Vec<SocketAddr> {
+        v.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn nginx_kubespray_shape_with_ipv6_listen() {
+        let text = "error_log stderr notice;\nstream {\n  upstream kube_apiserver {\n    least_conn;\n    server 10.0.0.1:6443;\n    server [fd00::2]:6443;\n    server cp3.example.com:16443 max_fails=1;\n    }\n\n  server {\n    listen        127.0.0.1:6443;\n    listen        [::1]:6443;\n    proxy_pass    kube_apiserver;\n    proxy_timeout 10m;\n  }\n}\nhttp {\n  server { listen 8081; location /healthz { return 200; } }\n}\n";
+        let lp = parse_nginx(text, &p("/n")).unwrap();
+        assert_eq!(lp.kind, Kind::Nginx);
+        assert_eq!(
+            lp.servers,
+            specs(&["10.0.0.1:6443", "[fd00::2]:6443", "cp3.example.com:16443"])
+        );
+        assert_eq!(lp.listen, addrs(&["127.0.0.1:6443", "[::1]:6443"]));
+        assert!(lp.notes.is_empty());
+    }
+
+    #[test]
+    fn nginx_comments_quotes_down_and_duplicates() {
+        let text = "# top\nstream { # c\n upstream other { server 10.9.9.9:1; }\n upstream \"kube_apiserver\" {\n  server 10.0.0.1:6443; # one\n  server 10.0.0.1:6443;\n  server 10.0.0.2:6443 down;\n }\n server { listen 127.0.0.1:7443; proxy_pass kube_apiserver; }\n server { listen 127.0.0.1:1; proxy_pass other; }\n}\n";
+        let lp = parse_nginx(text, &p("/n")).unwrap();
+        assert_eq!(lp.servers, specs(&["10.0.0.1:6443"]));
+        assert_eq!(lp.listen, addrs(&["127.0.0.1:7443"]));
+        assert_eq!(lp.notes.len(), 2, "{:?}", lp.notes);
+        assert!(lp.notes[0].contains("/n:6") && lp.notes[0].contains("twice"));
+        assert!(lp.notes[1].contains("down"));
+    }
+
+    #[test]
+    fn nginx_errors_name_file_line_and_fix() {
+        let e = parse_nginx("http { }\n", &p("/etc/nginx/nginx.conf")).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("/etc/nginx/nginx.conf: no `stream"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("--server"));
+
+        let e = parse_nginx(
+            "stream {\n upstream kube_apiserver {\n  least_conn;\n }\n server { listen 127.0.0.1:6443; proxy_pass kube_apiserver; }\n}\n",
+            &p("/x"),
+        )
+        .unwrap_err();
+        assert_eq!(e.line, Some(2));
+        assert!(e.message.contains("lists no servers"), "{e}");
+
+        let e = parse_nginx(
+            "stream {\n upstream kube_apiserver {\n  server 10.0.0.1;\n }\n server { listen 127.0.0.1:6443; proxy_pass kube_apiserver; }\n}\n",
+            &p("/x"),
+        )
+        .unwrap_err();
+        assert_eq!(e.line, Some(3));
+        assert!(e.message.contains("has no port"), "{e}");
+
+        let e = parse_nginx(
+            "stream {\n upstream kube_apiserver { server 10.0.0.1:6443; }\n server { listen 6443; proxy_pass kube_apiserver; }\n}\n",
+            &p("/x"),
+        )
+        .unwrap_err();
+        assert_eq!(e.line, Some(3));
+        assert!(e.message.contains("not a loopback") && e.message.contains("--listen"));
+
+        let e = parse_nginx("stream {\n upstream a { server 1.1.1.1:1 }\n", &p("/x")).unwrap_err();
+        assert!(e.message.contains("missing its `;`"), "{e}");
+        let e = parse_nginx("stream {\n upstream a { server 1.1.1.1:1; }\n", &p("/x")).unwrap_err();
+        assert!(e.message.contains("not closed"), "{e}");
+        let e = parse_nginx("stream { } }", &p("/x")).unwrap_err();
+        assert!(e.message.contains("unexpected `}`"), "{e}");
+    }
+
+    #[test]
+    fn haproxy_kubespray_shape() {
+        let text = "global\n    maxconn 4000\n\ndefaults\n    mode http\n    timeout connect 30s\n\nfrontend healthz\n  bind 0.0.0.0:8081\n  bind :::8081\n  mode http\n  monitor-uri /healthz\n\nfrontend kube_api_frontend\n  bind 127.0.0.1:6443\n  bind [::1]:6443\n  mode tcp\n  option tcplog\n  default_backend kube_api_backend\n\nbackend kube_api_backend\n  mode tcp\n  balance leastconn\n  default-server inter 15s downinter 15s rise 2 fall 2 slowstart 60s maxconn 1000 maxqueue 256 weight 100\n  option httpchk GET /healthz\n  http-check expect status 200\n  server cp1 10.0.0.1:6443 check check-ssl verify none\n  server cp2 [fd00::2]:6443 check check-ssl verify none\n  server cp3 cp3.example.com:16443 check check-ssl verify none\n";
+        let lp = parse_haproxy(text, &p("/h")).unwrap();
+        assert_eq!(lp.kind, Kind::Haproxy);
+        assert_eq!(
+            lp.servers,
+            specs(&["10.0.0.1:6443", "[fd00::2]:6443", "cp3.example.com:16443"])
+        );
+        assert_eq!(lp.listen, addrs(&["127.0.0.1:6443", "[::1]:6443"]));
+    }
+
+    #[test]
+    fn haproxy_address_forms() {
+        let text = "frontend f\n  bind ipv4@127.0.0.1:7443,::1:7443 # two\n  default_backend b\nbackend b\n  server a fd00::1:6443 check\n  server b ipv6@fd00::2:6443\n  server c 10.0.0.3:6443 disabled\n";
+        let lp = parse_haproxy(text, &p("/h")).unwrap();
+        assert_eq!(lp.servers, specs(&["[fd00::1]:6443", "[fd00::2]:6443"]));
+        assert_eq!(lp.listen, addrs(&["127.0.0.1:7443", "[::1]:7443"]));
+        assert_eq!(lp.notes.len(), 1);
+    }
+
+    #[test]
+    fn haproxy_errors() {
+        let e = parse_haproxy("global\n  maxconn 1\n", &p("/etc/haproxy/haproxy.cfg")).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("/etc/haproxy/haproxy.cfg: no backend"),
+            "{e}"
+        );
+        let e = parse_haproxy(
+            "frontend f\n bind 127.0.0.1:6443\n default_backend kube_api_backend\nbackend kube_api_backend\n server cp1 10.0.0.1 check\n",
+            &p("/h"),
+        )
+        .unwrap_err();
+        assert_eq!(e.line, Some(5));
+        assert!(
+            e.message.contains("cp1") && e.message.contains("no port"),
+            "{e}"
+        );
+        let e = parse_haproxy(
+            "frontend f\n bind *:6443\n default_backend b\nbackend b\n server cp1 10.0.0.1:6443\n",
+            &p("/h"),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("not a loopback"), "{e}");
+        let e = parse_haproxy("backend b\n server cp1 10.0.0.1:6443\n", &p("/h")).unwrap_err();
+        assert!(e.message.contains("no frontend"), "{e}");
+    }
+
+    #[test]
+    fn discover_picks_the_file_that_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = dir.path().join("nginx.conf");
+        let h = dir.path().join("haproxy.cfg");
+        let e = discover(None, None, &n, &h).unwrap_err();
+        assert!(e.message.contains("neither"), "{e}");
+        assert!(e.to_string().contains("nginx.conf") && e.message.contains("haproxy.cfg"));
+        std::fs::write(
+            &h,
+            "frontend f\n bind 127.0.0.1:6443\n default_backend b\nbackend b\n server c 10.0.0.1:6443\n",
+        )
+        .unwrap();
+        assert_eq!(discover(None, None, &n, &h).unwrap().kind, Kind::Haproxy);
+        std::fs::write(
+            &n,
+            "stream { upstream u { server 10.0.0.1:6443; } server { listen 127.0.0.1:6443; proxy_pass u; } }",
+        )
+        .unwrap();
+        let e = discover(None, None, &n, &h).unwrap_err();
+        assert!(e.message.contains("both"), "{e}");
+        assert_eq!(discover(Some(&n), None, &n, &h).unwrap().kind, Kind::Nginx);
+        let missing = dir.path().join("missing.conf");
+        let e = discover(Some(&missing), None, &n, &h).unwrap_err();
+        assert!(e.to_string().contains("missing.conf") && e.message.contains("--nginx-conf"));
+    }
+}
