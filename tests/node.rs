@@ -1,0 +1,522 @@
+//! Node integration: `apilb manifest` (the `manifests/` examples, kubespray's rendered
+//! nginx-proxy and HAProxy configs) and `apilb kubeadm post-join` against a temporary
+//! directory laid out like /etc/kubernetes, a stand-in for `systemctl`, and a real
+//! `apilb run` in front of a stand-in apiserver.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::*;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn apilb(args: &[&str]) -> Output {
+    Command::new(APILB)
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The examples in manifests/ and the command that renders each.
+const EXAMPLES: &[(&str, &[&str])] = &[
+    (
+        "manifests/apilb.yaml",
+        &[
+            "manifest",
+            "--server",
+            "10.0.0.11:6443",
+            "--server",
+            "10.0.0.12:6443",
+            "--server",
+            "10.0.0.13:6443",
+        ],
+    ),
+    (
+        "manifests/apilb.service",
+        &[
+            "manifest",
+            "--systemd",
+            "--server",
+            "10.0.0.11:6443",
+            "--server",
+            "10.0.0.12:6443",
+            "--server",
+            "10.0.0.13:6443",
+        ],
+    ),
+];
+
+/// Set APILB_UPDATE_MANIFESTS=1 to write the examples from what apilb renders now.
+#[test]
+fn manifest_examples_match_what_apilb_manifest_renders() {
+    let update = std::env::var_os("APILB_UPDATE_MANIFESTS").is_some_and(|v| v == "1");
+    for (file, args) in EXAMPLES {
+        let out = apilb(args);
+        assert!(out.status.success(), "{file}: {}", text(&out.stderr));
+        let path = root().join(file);
+        if update {
+            std::fs::write(&path, &out.stdout).unwrap();
+            continue;
+        }
+        let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            on_disk == text(&out.stdout),
+            "{file} differs from `apilb {}`; if the change is meant, run \
+             APILB_UPDATE_MANIFESTS=1 cargo test --test node manifest_examples and commit the \
+             result. Rendered now:\n{}",
+            args.join(" "),
+            text(&out.stdout)
+        );
+    }
+    let pod: yaml_serde::Value =
+        yaml_serde::from_str(&std::fs::read_to_string(root().join(EXAMPLES[0].0)).unwrap())
+            .unwrap();
+    assert_eq!(pod["kind"], "Pod");
+    assert_eq!(pod["spec"]["hostNetwork"], true);
+}
+
+/// systemd itself reads the unit: no unknown directives, bad values or unsafe settings.
+#[test]
+fn manifest_systemd_unit_passes_systemd_analyze_verify() {
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED: systemd-analyze is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let unit = dir.path().join("apilb.service");
+    let mut args: Vec<&str> = EXAMPLES[1].1.to_vec();
+    args.extend([
+        "--binary",
+        APILB,
+        "--health-client-cert",
+        "/etc/apilb/client.pem",
+        "--health-client-key",
+        "/etc/apilb/client.pem",
+    ]);
+    let out = apilb(&args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    std::fs::write(&unit, &out.stdout).unwrap();
+    let v = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&unit)
+        .output()
+        .unwrap();
+    let said = text(&v.stderr);
+    let ours: Vec<&str> = said
+        .lines()
+        .filter(|l| l.contains("apilb.service"))
+        .collect();
+    assert!(
+        v.status.success() && ours.is_empty(),
+        "systemd-analyze verify:\n{said}"
+    );
+}
+
+fn pod_args(out: &Output) -> Vec<String> {
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let pod: yaml_serde::Value = yaml_serde::from_str(&text(&out.stdout)).unwrap();
+    pod["spec"]["containers"][0]["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect()
+}
+
+fn with_prefix(args: &[String], prefix: &str) -> Vec<String> {
+    args.iter()
+        .filter_map(|a| a.strip_prefix(prefix).map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn manifest_from_kubespray_reads_every_shape_kubespray_renders() {
+    let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let cases: &[(&str, &str, Vec<String>, Vec<String>)] = &[
+        (
+            "--nginx-conf",
+            "nginx-ipv4.conf",
+            v(&["127.0.0.1:6443"]),
+            v(&["10.0.0.11:6443", "10.0.0.12:6443", "10.0.0.13:6443"]),
+        ),
+        (
+            "--nginx-conf",
+            "nginx-dualstack.conf",
+            v(&["127.0.0.1:6443", "[::1]:6443"]),
+            v(&[
+                "[fd00:10::11]:6443",
+                "[fd00:10::12]:6443",
+                "[fd00:10::13]:6443",
+            ]),
+        ),
+        (
+            "--nginx-conf",
+            "nginx-custom-ports.conf",
+            v(&["127.0.0.1:8443"]),
+            v(&["cp1.k8s.example.com:16443", "cp2.k8s.example.com:16443"]),
+        ),
+        (
+            "--haproxy-cfg",
+            "haproxy-ipv4.cfg",
+            v(&["127.0.0.1:6443"]),
+            v(&["10.0.0.11:6443", "10.0.0.12:6443", "10.0.0.13:6443"]),
+        ),
+        (
+            "--haproxy-cfg",
+            "haproxy-dualstack.cfg",
+            v(&["127.0.0.1:6443", "[::1]:6443"]),
+            v(&[
+                "[fd00:10::11]:6443",
+                "[fd00:10::12]:6443",
+                "[fd00:10::13]:6443",
+            ]),
+        ),
+        (
+            "--haproxy-cfg",
+            "haproxy-custom-ports.cfg",
+            v(&["127.0.0.1:8443"]),
+            v(&["cp1.k8s.example.com:16443", "cp2.k8s.example.com:16443"]),
+        ),
+    ];
+    for (flag, file, listen, servers) in cases {
+        let path = format!("tests/data/kubespray/{file}");
+        let out = apilb(&["manifest", "--from-kubespray", flag, &path]);
+        let args = pod_args(&out);
+        assert_eq!(&with_prefix(&args, "--listen="), listen, "{file}");
+        assert_eq!(&with_prefix(&args, "--server="), servers, "{file}");
+        assert_eq!(
+            with_prefix(&args, "--ca-file="),
+            ["/etc/kubernetes/ssl/ca.crt"],
+            "{file}: kubespray's CA"
+        );
+        assert!(
+            text(&out.stdout).contains("from kubespray's") && text(&out.stdout).contains(&path),
+            "{file}: the header names the source"
+        );
+    }
+
+    // --listen overrides where kubespray listened; the systemd unit works the same way.
+    let out = apilb(&[
+        "manifest",
+        "--from-kubespray",
+        "--nginx-conf",
+        "tests/data/kubespray/nginx-dualstack.conf",
+        "--listen",
+        "127.0.0.1:6443",
+        "--systemd",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let unit = text(&out.stdout);
+    assert!(unit.contains("    --listen=127.0.0.1:6443 \\\n    --server=[fd00:10::11]:6443"));
+    assert!(!unit.contains("--listen=[::1]"));
+}
+
+#[test]
+fn manifest_from_kubespray_errors_name_the_file_and_the_fix() {
+    let cases: &[(&[&str], &[&str])] = &[
+        (
+            &["--nginx-conf", "tests/data/kubespray/missing.conf"],
+            &["tests/data/kubespray/missing.conf", "cannot read"],
+        ),
+        (
+            &["--nginx-conf", "tests/data/kubespray/nginx-no-servers.conf"],
+            &[
+                "tests/data/kubespray/nginx-no-servers.conf:14:",
+                "lists no servers",
+                "--server",
+            ],
+        ),
+        (
+            &[
+                "--nginx-conf",
+                "tests/data/kubespray/nginx-not-kubespray.conf",
+            ],
+            &["nginx-not-kubespray.conf: no `stream", "--server"],
+        ),
+        (
+            // nginx's `listen 8081;` reads as a HAProxy `listen` section, and its `server {`
+            // as a server line without an address.
+            &["--haproxy-cfg", "tests/data/kubespray/nginx-ipv4.conf"],
+            &["nginx-ipv4.conf:41:", "`server NAME ADDR:PORT"],
+        ),
+    ];
+    for (args, wanted) in cases {
+        let mut full = vec!["manifest", "--from-kubespray"];
+        full.extend_from_slice(args);
+        let out = apilb(&full);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}: nothing rendered");
+        let err = text(&out.stderr);
+        for w in *wanted {
+            assert!(err.contains(w), "{args:?}: {w:?} not in {err}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// kubeadm post-join
+// ---------------------------------------------------------------------------------
+
+/// A directory laid out like /etc/kubernetes after `kubeadm join`, and a stand-in for
+/// `systemctl` that records how it was called.
+struct Node {
+    dir: tempfile::TempDir,
+}
+
+impl Node {
+    fn new(pki: &Pki, server: &str) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let etc = dir.path().join("etc/kubernetes");
+        std::fs::create_dir_all(etc.join("manifests")).unwrap();
+        std::fs::create_dir_all(etc.join("pki")).unwrap();
+        std::fs::copy(&pki.ca, etc.join("pki/ca.crt")).unwrap();
+        let conf = format!(
+            "apiVersion: v1
+clusters:
+- cluster:
+    certificate-authority: {ca}
+    server: {server}
+  name: kubernetes
+contexts:
+- context:
+    cluster: kubernetes
+    user: system:node:worker-1
+  name: system:node:worker-1@kubernetes
+current-context: system:node:worker-1@kubernetes
+kind: Config
+preferences: {{}}
+users:
+- name: system:node:worker-1
+  user:
+    client-certificate: {cert}
+    client-key: {key}
+",
+            ca = etc.join("pki/ca.crt").display(),
+            cert = pki.client_cert.display(),
+            key = pki.client_key.display(),
+        );
+        std::fs::write(etc.join("kubelet.conf"), conf).unwrap();
+        std::fs::set_permissions(
+            etc.join("kubelet.conf"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let systemctl = bin.join("systemctl");
+        std::fs::write(
+            &systemctl,
+            format!(
+                "#!/bin/sh\necho \"$@\" >> {}\necho \"stand-in systemctl: $*\"\n",
+                dir.path().join("systemctl.calls").display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&systemctl, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Node { dir }
+    }
+
+    fn kubelet_conf(&self) -> PathBuf {
+        self.dir.path().join("etc/kubernetes/kubelet.conf")
+    }
+
+    fn read_conf(&self) -> String {
+        std::fs::read_to_string(self.kubelet_conf()).unwrap()
+    }
+
+    fn restart_command(&self) -> String {
+        format!(
+            "{} restart kubelet",
+            self.dir.path().join("bin/systemctl").display()
+        )
+    }
+
+    fn calls(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("systemctl.calls")).unwrap_or_default()
+    }
+
+    fn post_join(&self, extra: &[&str]) -> Output {
+        let conf = self.kubelet_conf();
+        let mut args = vec![
+            "kubeadm",
+            "post-join",
+            "--kubeconfig",
+            conf.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        apilb(&args)
+    }
+}
+
+fn kubectl(kubeconfig: &Path, args: &[&str]) -> Output {
+    let bin = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into());
+    Command::new(&bin)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {bin}: {e}; this test needs kubectl"))
+}
+
+#[test]
+fn kubeadm_post_join_waits_rewrites_restarts_and_is_safe_to_run_twice() {
+    let pki = Pki::new();
+    let s = Standin::start_opts(&pki, free_port([127, 0, 0, 2]), "cp1", true);
+    let cert = pki.client_cert.display().to_string();
+    let key = pki.client_key.display().to_string();
+    // Started and used at once: post-join itself must wait for a ready server.
+    let lb = Apilb::start(
+        &pki,
+        &[&s],
+        &["--health-client-cert", &cert, "--health-client-key", &key],
+    );
+    let admin = format!("http://{}", lb.admin);
+    let server = format!("https://{}", lb.listen);
+
+    let node = Node::new(&pki, &format!("https://{}", s.addr));
+    let original = node.read_conf();
+    let restart = node.restart_command();
+    let args = [
+        "--server",
+        &server,
+        "--admin-url",
+        &admin,
+        "--timeout",
+        "20s",
+        "--restart-command",
+        &restart,
+    ];
+    let out = node.post_join(&args);
+    let said = text(&out.stdout);
+    assert!(out.status.success(), "{}\n{said}", text(&out.stderr));
+    assert!(said.contains("has a ready server"), "{said}");
+    assert!(said.contains("original kept as"), "{said}");
+    assert!(
+        said.contains(&format!("-> {server} (tls-server-name 127.0.0.2)")),
+        "{said}"
+    );
+    assert!(said.contains("restarted kubelet"), "{said}");
+    assert!(
+        said.contains("stand-in systemctl: restart kubelet"),
+        "{said}"
+    );
+    assert!(said.contains("--configmap-key kubeconfig.conf"), "{said}");
+    assert_eq!(node.calls(), "restart kubelet\n");
+
+    let rewritten = node.read_conf();
+    assert!(
+        rewritten.contains(&format!("server: {server}\n")),
+        "{rewritten}"
+    );
+    assert!(rewritten.contains("tls-server-name: 127.0.0.2\n"));
+    assert_eq!(
+        std::fs::metadata(node.kubelet_conf())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    let backup = node
+        .dir
+        .path()
+        .join("etc/kubernetes/kubelet.conf.apilb-backup");
+    assert_eq!(std::fs::read_to_string(&backup).unwrap(), original);
+
+    // The kubelet's identity reaches the apiserver through apilb, verification on.
+    let out = kubectl(&node.kubelet_conf(), &["get", "--raw", "/whoami"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["server"], "cp1");
+    assert_eq!(v["client_cert"], true);
+
+    // Second run: nothing to do, no restart.
+    let out = node.post_join(&args);
+    let said = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(said.contains("already rewritten"), "{said}");
+    assert!(said.contains("kubelet not restarted"), "{said}");
+    assert_eq!(node.calls(), "restart kubelet\n", "no second restart");
+    assert_eq!(node.read_conf(), rewritten);
+
+    // A restart command that fails: the file is rewritten, and the error says what is left.
+    let node2 = Node::new(&pki, &format!("https://{}", s.addr));
+    let out = node2.post_join(&[
+        "--server",
+        &server,
+        "--admin-url",
+        &admin,
+        "--restart-command",
+        "echo no such unit >&2; exit 5",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("was rewritten")
+            && err.contains("no such unit")
+            && err.contains("restart kubelet yourself")
+            && err.contains("apilb kubeconfig restore"),
+        "{err}"
+    );
+    assert!(node2.read_conf().contains(&format!("server: {server}\n")));
+}
+
+#[test]
+fn kubeadm_post_join_leaves_everything_alone_when_apilb_is_not_ready_or_input_is_bad() {
+    let pki = Pki::new();
+    let node = Node::new(&pki, "https://10.0.0.10:6443");
+    let original = node.read_conf();
+    let restart = node.restart_command();
+    let out = node.post_join(&[
+        "--admin-url",
+        "http://127.0.0.1:1",
+        "--timeout",
+        "1s",
+        "--restart-command",
+        &restart,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("post-join") && err.contains("no ready server") && err.contains("not changed"),
+        "{err}"
+    );
+    assert_eq!(node.read_conf(), original);
+    assert_eq!(node.calls(), "", "kubelet not restarted");
+    assert!(!node
+        .dir
+        .path()
+        .join("etc/kubernetes/kubelet.conf.apilb-backup")
+        .exists());
+
+    // No kubelet.conf yet: the join has not happened.
+    std::fs::remove_file(node.kubelet_conf()).unwrap();
+    let out = node.post_join(&["--restart-command", &restart]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("kubelet.conf") && err.contains("kubeadm join"),
+        "{err}"
+    );
+
+    // Not a kubeconfig: refused before any wait.
+    std::fs::write(node.kubelet_conf(), "kind: Pod\n").unwrap();
+    let out = node.post_join(&["--admin-url", "http://127.0.0.1:1", "--timeout", "30s"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("not a kubeconfig"));
+    assert_eq!(node.calls(), "");
+}
