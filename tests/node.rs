@@ -85,6 +85,54 @@ fn manifest_examples_match_what_apilb_manifest_renders() {
     assert_eq!(pod["spec"]["hostNetwork"], true);
 }
 
+/// The static pod is a valid Pod for the Kubernetes API types: every field name, nesting
+/// and value type. The kubelet drops unknown fields of a static pod silently, so a
+/// misspelt `readOnlyRootFilesystem` would quietly lose the setting; here it fails: the
+/// typed round trip drops what the types do not know, and the comparison sees it.
+#[test]
+fn manifest_static_pod_round_trips_through_the_kubernetes_pod_type() {
+    let renders: &[&[&str]] = &[
+        EXAMPLES[0].1,
+        &[
+            "manifest",
+            "--from-kubespray",
+            "--nginx-conf",
+            "tests/data/kubespray/nginx-dualstack.conf",
+            "--admin-listen",
+            "[::1]:7447",
+            "--health-client-cert",
+            "/etc/apilb/client.crt",
+            "--health-client-key",
+            "/etc/apilb/client.key",
+            "--image",
+            "registry.example.com/apilb:v0.1.0",
+        ],
+    ];
+    for args in renders {
+        let out = apilb(args);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let as_json: serde_json::Value = yaml_serde::from_str(&text(&out.stdout)).unwrap();
+        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(as_json.clone())
+            .unwrap_or_else(|e| panic!("not a Pod: {e}\n{}", text(&out.stdout)));
+        let back = serde_json::to_value(&pod).unwrap();
+        assert_eq!(
+            back, as_json,
+            "fields the Pod type does not know were dropped"
+        );
+        let c = &pod.spec.as_ref().unwrap().containers[0];
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+    }
+
+    // The check itself catches a misspelt field.
+    let bad = text(&apilb(EXAMPLES[0].1).stdout)
+        .replace("readOnlyRootFilesystem", "readOnlyRootFileSystem");
+    let as_json: serde_json::Value = yaml_serde::from_str(&bad).unwrap();
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(as_json.clone()).unwrap();
+    assert_ne!(serde_json::to_value(&pod).unwrap(), as_json);
+}
+
 /// systemd itself reads the unit: no unknown directives, bad values or unsafe settings.
 #[test]
 fn manifest_systemd_unit_passes_systemd_analyze_verify() {
