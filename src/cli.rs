@@ -115,7 +115,7 @@ pub struct RunArgs {
     #[arg(long, value_parser = duration, value_name = "DURATION")]
     pub health_ping_interval: Option<Duration>,
 
-    /// A PING unanswered this long is a failed liveness check. [default: 800ms]
+    /// A PING unanswered this long is a failed liveness check. [default: 600ms]
     #[arg(long, value_parser = duration, value_name = "DURATION")]
     pub health_ping_timeout: Option<Duration>,
 

@@ -31,7 +31,7 @@ pub mod defaults {
     pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_millis(500);
     pub const REPLAY_LIMIT: usize = 8 * 1024;
     pub const PING_INTERVAL: Duration = Duration::from_secs(1);
-    pub const PING_TIMEOUT: Duration = Duration::from_millis(800);
+    pub const PING_TIMEOUT: Duration = Duration::from_millis(600);
     pub const READYZ_INTERVAL: Duration = Duration::from_secs(4);
     pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
     pub const FALL: u32 = 2;

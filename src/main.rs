@@ -101,14 +101,13 @@ fn main() -> ExitCode {
             };
             match rt.block_on(status::fetch(&args.admin_url)) {
                 Ok(s) => {
-                    if args.json {
-                        match serde_json::to_string_pretty(&s) {
-                            Ok(j) => println!("{j}"),
-                            Err(e) => eprintln!("apilb: error: {e}"),
-                        }
+                    let text = if args.json {
+                        serde_json::to_string_pretty(&s).unwrap_or_default() + "\n"
                     } else {
-                        print!("{}", status::render(&s));
-                    }
+                        status::render(&s)
+                    };
+                    // A closed pipe (`apilb status | head`) is not an error worth a panic.
+                    let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
                     if s.ready {
                         ExitCode::SUCCESS
                     } else {

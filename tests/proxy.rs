@@ -384,10 +384,47 @@ fn version_and_help_show_defaults() {
         "127.0.0.1:6447",
         "200ms",
         "500ms",
-        "800ms",
+        "600ms",
         "[default: 4s]",
         "10000",
     ] {
         assert!(help.contains(d), "{d} missing from run --help");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_listener_and_host_name_servers() {
+    let pki = Pki::new();
+    // A server given by host name: `localhost` resolves to 127.0.0.1 here. Its certificate
+    // does not hold "localhost", so health checks verify against the name it does hold.
+    let s = Standin::start(&pki, [127, 0, 0, 1], "cp1");
+    let v6 = {
+        let l = std::net::TcpListener::bind("[::1]:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let server = format!("localhost:{}", s.addr.port());
+    let v6s = v6.to_string();
+    let ca = pki.ca.display().to_string();
+    let mut lb_args: Vec<String> = [
+        "--server",
+        &server,
+        "--ca-file",
+        &ca,
+        "--health-tls-server-name",
+        SERVER_NAME,
+        "--listen",
+        &v6s,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let lb = Apilb::start_args(std::mem::take(&mut lb_args), None);
+    lb.wait_log(Duration::from_secs(10), |v| {
+        v["message"] == "server state changed" && v["server"] == server && v["to"] == "ready"
+    });
+    let st = lb.status().await;
+    assert_eq!(st["servers"][0]["addresses"][0], s.addr.to_string());
+    // Both listeners serve: the default-style IPv4 one and [::1].
+    assert_eq!(whoami(lb.listen, &pki).await.unwrap(), "cp1");
+    assert_eq!(whoami(v6, &pki).await.unwrap(), "cp1");
 }
