@@ -261,18 +261,22 @@ pub async fn establish(
 
         match event {
             Event::Client => {
-                let mut buf = [0u8; 4096];
-                match client.try_read(&mut buf) {
-                    Ok(0) => {
+                // Read into a stack buffer and keep only what arrived: the buffer must not
+                // live across the awaits below (it would sit in every connection's task).
+                let read = {
+                    let mut buf = [0u8; 4096];
+                    client.try_read(&mut buf).map(|n| buf[..n].to_vec())
+                };
+                match read {
+                    Ok(bytes) if bytes.is_empty() => {
                         client_eof = true;
                         for r in &racers {
                             socket::shutdown_write(&r.up.stream);
                         }
                     }
-                    Ok(n) => {
-                        let bytes = &buf[..n];
+                    Ok(bytes) => {
                         if !pinned {
-                            if replay.len() + n > s.replay_limit {
+                            if replay.len() + bytes.len() > s.replay_limit {
                                 pinned = true;
                                 replay = Vec::new();
                             } else {
@@ -282,12 +286,12 @@ pub async fn establish(
                                         .reset(tokio::time::Instant::now() + s.first_byte_timeout);
                                     timer_armed = true;
                                 }
-                                replay.extend_from_slice(bytes);
+                                replay.extend_from_slice(&bytes);
                             }
                         }
                         let mut i = 0;
                         while i < racers.len() {
-                            if write_all(&racers[i].up.stream, bytes).await.is_err() {
+                            if write_all(&racers[i].up.stream, &bytes).await.is_err() {
                                 let r = racers.swap_remove(i);
                                 r.up.backend().mark_passive_failure("write failed");
                             } else {
