@@ -72,6 +72,8 @@ pub enum EstablishError {
     Client(io::Error),
     #[error("the client closed before the server answered")]
     ClientGone,
+    #[error("out of local resources: {0}")]
+    LocalResources(io::Error),
 }
 
 async fn attempt(backend: Arc<Backend>, timeout: Duration) -> (ConnGuard, io::Result<TcpStream>) {
@@ -116,13 +118,21 @@ async fn attempt(backend: Arc<Backend>, timeout: Duration) -> (ConnGuard, io::Re
     (guard, Err(last))
 }
 
+/// Errors that say this process (not the server) is out of resources.
+pub fn local_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
 /// Connect racing over `candidates` (consumed from the front). Returns the first server that
 /// connects, and what is left to try. A server still connecting when another one won, after
 /// at least a race delay, is marked as failed: it is slow or unreachable.
 pub async fn connect_race(
     mut candidates: VecDeque<Arc<Backend>>,
     s: RaceSettings,
-) -> (Option<Upstream>, VecDeque<Arc<Backend>>) {
+) -> (Result<Upstream, EstablishError>, VecDeque<Arc<Backend>>) {
     let mut set = JoinSet::new();
     let mut pending: Vec<(Arc<Backend>, Instant)> = Vec::new();
     let start_next = |set: &mut JoinSet<_>,
@@ -137,7 +147,7 @@ pub async fn connect_race(
         }
     };
     if !start_next(&mut set, &mut pending, &mut candidates) {
-        return (None, candidates);
+        return (Err(EstablishError::NoServer), candidates);
     }
     let delay = tokio::time::sleep(s.race_delay);
     tokio::pin!(delay);
@@ -147,7 +157,7 @@ pub async fn connect_race(
                 let Ok((guard, result)) = done else {
                     // An attempt task panicked or was aborted: nothing to learn from it.
                     if !start_next(&mut set, &mut pending, &mut candidates) && set.is_empty() {
-                        return (None, candidates);
+                        return (Err(EstablishError::NoServer), candidates);
                     }
                     continue;
                 };
@@ -162,7 +172,12 @@ pub async fn connect_race(
                                 ));
                             }
                         }
-                        return (Some(Upstream { stream, guard }), candidates);
+                        return (Ok(Upstream { stream, guard }), candidates);
+                    }
+                    Err(e) if local_exhaustion(&e) => {
+                        // Our own descriptors or memory ran out: no server is at fault, and
+                        // every other attempt would fail the same way.
+                        return (Err(EstablishError::LocalResources(e)), candidates);
                     }
                     Err(e) => {
                         guard.backend.mark_passive_failure(&e.to_string());
@@ -170,7 +185,7 @@ pub async fn connect_race(
                         if start_next(&mut set, &mut pending, &mut candidates) {
                             delay.as_mut().reset(tokio::time::Instant::now() + s.race_delay);
                         } else if set.is_empty() {
-                            return (None, candidates);
+                            return (Err(EstablishError::NoServer), candidates);
                         }
                     }
                 }
@@ -205,11 +220,12 @@ enum Event {
     Server(usize),
     Cancelled(usize),
     FirstByteTimeout,
-    Connected(Option<Upstream>, VecDeque<Arc<Backend>>),
+    Connected(Result<Upstream, EstablishError>, VecDeque<Arc<Backend>>),
 }
 
-type PendingConnect =
-    Pin<Box<dyn Future<Output = (Option<Upstream>, VecDeque<Arc<Backend>>)> + Send>>;
+type PendingConnect = Pin<
+    Box<dyn Future<Output = (Result<Upstream, EstablishError>, VecDeque<Arc<Backend>>)> + Send>,
+>;
 
 /// Connect racing, then first-byte racing, for one client connection.
 pub async fn establish(
@@ -219,7 +235,7 @@ pub async fn establish(
     metrics: &Metrics,
 ) -> Result<Established, EstablishError> {
     let (first, rest) = connect_race(order.into(), s).await;
-    let first = first.ok_or(EstablishError::NoServer)?;
+    let first = first?;
     let mut candidates = Some(rest);
     let mut racers = vec![Racer::new(first)];
     let mut replay: Vec<u8> = Vec::new();
@@ -343,7 +359,7 @@ pub async fn establish(
             }
             Event::Connected(up, rest) => {
                 candidates = Some(rest);
-                if let Some(up) = up {
+                if let Ok(up) = up {
                     if pinned {
                         // The client said too much meanwhile to replay: not usable.
                         drop(up);

@@ -76,6 +76,8 @@ pub enum RejectReason {
     connection_limit,
     /// Every server failed to connect.
     no_server,
+    /// apilb itself ran out of descriptors or memory.
+    local_resources,
 }
 
 /// Every metric family apilb exports.

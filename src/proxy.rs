@@ -133,12 +133,21 @@ impl Proxy {
         let est = match establishing.await {
             Ok(est) => est,
             Err(e) => {
-                if !matches!(
-                    e,
-                    connect::EstablishError::Client(_) | connect::EstablishError::ClientGone
-                ) {
-                    self.metrics.reject(RejectReason::no_server);
-                    tracing::warn!(client = %peer, cause = %e, "no server for a client connection");
+                use connect::EstablishError as E;
+                match e {
+                    E::Client(_) | E::ClientGone => {}
+                    E::LocalResources(_) => {
+                        self.metrics.reject(RejectReason::local_resources);
+                        self.log_rate_limited(|| {
+                            tracing::error!(client = %peer, cause = %e,
+                                "closing a new client connection: out of local resources")
+                        });
+                    }
+                    E::NoServer | E::NoAnswer => {
+                        self.metrics.reject(RejectReason::no_server);
+                        tracing::warn!(client = %peer, cause = %e,
+                            "no server for a client connection");
+                    }
                 }
                 socket::reset_on_close(&client);
                 return;

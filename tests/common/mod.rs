@@ -221,6 +221,7 @@ pub struct Apilb {
     logs: Arc<Lines>,
     pub config: Option<PathBuf>,
     _dir: Option<tempfile::TempDir>,
+    reaped: bool,
 }
 
 impl Apilb {
@@ -279,6 +280,7 @@ impl Apilb {
             logs,
             config,
             _dir: None,
+            reaped: false,
         };
         a.wait_log(Duration::from_secs(10), |v| v["message"] == "apilb started");
         a
@@ -352,17 +354,19 @@ impl Apilb {
         assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0);
     }
 
-    /// Waits for the process to exit; returns its exit code.
+    /// Waits for the process to exit (a thread blocks in waitpid); returns its exit code.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st.code();
-            }
-            assert!(Instant::now() < deadline, "apilb did not exit");
-            // No event to await on a child's exit from std without blocking forever.
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let pid = self.pid();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut status = 0;
+            let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+            let _ = tx.send((r, status));
+        });
+        let (r, status) = rx.recv_timeout(timeout).expect("apilb did not exit");
+        assert_eq!(r, pid);
+        self.reaped = true;
+        libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status))
     }
 
     pub async fn admin_get(&self, path: &str) -> (u16, String) {
@@ -386,6 +390,9 @@ impl Apilb {
 
 impl Drop for Apilb {
     fn drop(&mut self) {
+        if self.reaped {
+            return;
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
