@@ -491,7 +491,7 @@ async fn out_of_descriptors_backs_off_keeps_serving_and_recovers() {
             metrics.contains("reason=\"local_resources\"} 1"),
             "{metrics}"
         );
-        Some(())
+        None
     };
     assert!(
         !lb.logs().iter().any(|v| v["message"]
