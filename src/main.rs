@@ -11,6 +11,7 @@ mod cli;
 mod config;
 mod connect;
 mod copy;
+mod discovery;
 mod health;
 mod kubeconfig;
 mod kubeconfig_cmd;
