@@ -653,6 +653,7 @@ impl Discovery {
         }
         self.metrics.discovery_attempt("ok");
         self.metrics.discovery_success_now();
+        tracing::debug!(api, servers = found.len(), "discovery round done");
         *lock(&self.last_success) = Some(SystemTime::now());
         *lock(&self.last_error) = None;
         *lock(&self.api) = Some(api);
@@ -682,8 +683,12 @@ impl Discovery {
             (changed, l.effective())
         };
         if changed {
-            if let Err(e) = save_state(&self.settings.state_dir, &found) {
-                tracing::warn!(error = %e, "cannot persist the discovered servers");
+            match save_state(&self.settings.state_dir, &found) {
+                Ok(()) => tracing::debug!(
+                    file = %self.settings.state_dir.join(STATE_FILE).display(),
+                    "saved the discovered servers"
+                ),
+                Err(e) => tracing::warn!(error = %e, "cannot persist the discovered servers"),
             }
             apply(&set);
         }

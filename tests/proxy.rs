@@ -458,14 +458,7 @@ async fn out_of_descriptors_backs_off_keeps_serving_and_recovers() {
     let mark = lb.mark();
     // A third client: the kernel completes its handshake, apilb cannot accept it yet.
     let addr = lb.listen;
-    let pki2 = Pki {
-        dir: tempfile::tempdir().unwrap(),
-        ca: pki.ca.clone(),
-        cert: pki.cert.clone(),
-        key: pki.key.clone(),
-        client_cert: pki.client_cert.clone(),
-        client_key: pki.client_key.clone(),
-    };
+    let pki2 = pki.share();
     let third_task = tokio::spawn(async move { whoami(addr, &pki2).await });
     // Out of descriptors either at accept (the client waits in the backlog) or at the
     // upstream connect (the client is closed at once and counted); never a server's fault.
