@@ -85,20 +85,26 @@ pub async fn run(args: RunArgs, cfg: Config) -> anyhow::Result<()> {
         tls_server_name: cfg.health_tls_server_name.clone(),
     });
 
+    let mut inherited = socket::inherited();
     let mut listeners = Vec::new();
     for addr in &cfg.listen {
-        let l = socket::listen(*addr).with_context(|| {
+        let l = socket::take_or_listen(*addr, &mut inherited).with_context(|| {
             format!("--listen {addr}: cannot listen (is another proxy already on this port?)")
         })?;
         listeners.push(l);
     }
-    let admin_listener = socket::listen(cfg.admin_listen).with_context(|| {
-        format!(
-            "--admin-listen {}: cannot listen (choose another port)",
-            cfg.admin_listen
-        )
-    })?;
+    let admin_listener =
+        socket::take_or_listen(cfg.admin_listen, &mut inherited).with_context(|| {
+            format!(
+                "--admin-listen {}: cannot listen (choose another port)",
+                cfg.admin_listen
+            )
+        })?;
 
+    for l in &inherited {
+        tracing::warn!(address = ?l.local_addr().ok(),
+            "inherited socket matches no --listen or --admin-listen address; ignored");
+    }
     let fleet = Arc::new(Fleet {
         backends: backends.clone(),
         health,
