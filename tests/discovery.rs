@@ -445,3 +445,99 @@ fn discovery_rbac_grants_only_get_on_the_kubernetes_objects() {
     assert_eq!(binding["subjects"][0]["name"], "system:nodes");
     assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
 }
+
+/// No log line, at any level (every library's trace included), carries a bearer token or
+/// private key material — not on success, not in errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_never_contain_tokens_or_keys() {
+    use base64::Engine;
+    let c = Cluster::new(false);
+    let cp1 = c.standin(0, false);
+    c.publish(&[0]);
+    let token = "tok3n-8f2a6c0d41e94b7fa3c5d2e1f0a9b8c7";
+    let key_pem = std::fs::read_to_string(&c.pki.client_key).unwrap();
+    let cert_pem = std::fs::read_to_string(&c.pki.client_cert).unwrap();
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let kc = c.api.path().join("token.conf");
+    std::fs::write(
+        &kc,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: t\ncontexts:\n- name: t\n  context: {{cluster: k, user: u}}\n\
+             clusters:\n- name: k\n  cluster: {{server: 'https://127.0.0.2:{}', certificate-authority: {}}}\n\
+             users:\n- name: u\n  user:\n    token: {token}\n    client-certificate-data: {}\n    client-key-data: {}\n",
+            c.port,
+            c.pki.ca.display(),
+            b64(&cert_pem),
+            b64(&key_pem),
+        ),
+    )
+    .unwrap();
+    let key = c.pki.client_key.to_str().unwrap().to_string();
+    let cert = c.pki.client_cert.to_str().unwrap().to_string();
+    let lb = Apilb::start_args(
+        [
+            "--server",
+            &cp1.addr.to_string(),
+            "--ca-file",
+            c.pki.ca.to_str().unwrap(),
+            "--health-client-cert",
+            &cert,
+            "--health-client-key",
+            &key,
+            "--discovery-kubeconfig",
+            kc.to_str().unwrap(),
+            "--discovery-interval",
+            "100ms",
+            "--state-dir",
+            c.state.path().to_str().unwrap(),
+            "--log-level",
+            "trace,apilb=trace",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+        None,
+    );
+    lb.wait_log(Duration::from_secs(10), |v| {
+        v["message"] == "discovery round done"
+    });
+    // The request really carried the token.
+    let (_, body) = request(cp1.addr, &c.pki, "GET", "/-/last-api-client", false)
+        .await
+        .unwrap();
+    assert!(body.contains(token), "{body}");
+    // And an error path: a broken key in the kubeconfig.
+    let mark = lb.mark();
+    let broken = std::fs::read_to_string(&kc).unwrap().replace(
+        &b64(&key_pem),
+        &b64(&key_pem.replace("PRIVATE KEY", "BROKEN KEY")),
+    );
+    std::fs::write(&kc, broken).unwrap();
+    lb.wait_log_from(mark, Duration::from_secs(10), |v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("discovery failed"))
+    });
+    let key_body: Vec<&str> = key_pem
+        .lines()
+        .filter(|l| !l.starts_with("-----") && l.len() > 16)
+        .collect();
+    assert!(!key_body.is_empty());
+    let logs = lb.logs();
+    assert!(
+        logs.len() > 50,
+        "trace logging produced only {} lines",
+        logs.len()
+    );
+    for line in logs {
+        let text = line.to_string();
+        assert!(!text.contains(token), "token in a log line: {text}");
+        assert!(
+            !text.contains(&b64(&key_pem)[..40]),
+            "key data in a log line: {text}"
+        );
+        for k in &key_body {
+            assert!(!text.contains(k), "key material in a log line: {text}");
+        }
+    }
+}

@@ -316,9 +316,11 @@ impl Apilb {
             admin.to_string(),
             "--log-format".into(),
             "json".into(),
-            "--log-level".into(),
-            "debug".into(),
         ];
+        if !args.iter().any(|a| a == "--log-level") {
+            full.push("--log-level".into());
+            full.push("debug".into());
+        }
         full.append(&mut args);
         let mut child = Command::new(APILB)
             .args(&full)
