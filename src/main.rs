@@ -16,6 +16,8 @@ mod health;
 mod kubeconfig;
 mod kubeconfig_cmd;
 mod metrics;
+#[cfg(test)]
+mod properties;
 mod proxy;
 mod run;
 mod socket;
