@@ -17,6 +17,23 @@ fn three(pki: &Pki) -> [Standin; 3] {
     ]
 }
 
+/// apilb in front of `s`, all ready, with health checks slowed to a crawl (one per hour):
+/// whatever happens next is up to passive failover alone.
+fn without_active_checks(pki: &Pki, s: &[Standin; 3]) -> Apilb {
+    let lb = Apilb::start(
+        pki,
+        &[&s[0], &s[1], &s[2]],
+        &[
+            "--health-ping-interval",
+            "1h",
+            "--health-readyz-interval",
+            "1h",
+        ],
+    );
+    lb.wait_all_ready(&[&s[0], &s[1], &s[2]]);
+    lb
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spreads_new_connections_over_ready_servers() {
     let pki = Pki::new();
@@ -81,18 +98,8 @@ async fn blackholed_server_streams_closed_new_connections_succeed() {
 async fn blackhole_before_health_notices_is_saved_by_connect_racing() {
     let pki = Pki::new();
     let s = three(&pki);
-    // Health checks slowed to a crawl: only passive failover can save these connections.
-    let lb = Apilb::start(
-        &pki,
-        &[&s[0], &s[1], &s[2]],
-        &[
-            "--health-ping-interval",
-            "1h",
-            "--health-readyz-interval",
-            "1h",
-        ],
-    );
-    lb.wait_all_ready(&[&s[0], &s[1], &s[2]]);
+    // Only passive failover can save these connections.
+    let lb = without_active_checks(&pki, &s);
     let mark = lb.mark();
     let _hole = Blackhole::new(s[1].addr);
     let (ok, failed) = many_whoami(lb.listen, &pki, 20).await;
@@ -115,18 +122,8 @@ async fn blackhole_before_health_notices_is_saved_by_connect_racing() {
 async fn frozen_server_saved_by_first_byte_racing() {
     let pki = Pki::new();
     let s = three(&pki);
-    // Health checks slowed to a crawl: only first-byte racing can save these connections.
-    let lb = Apilb::start(
-        &pki,
-        &[&s[0], &s[1], &s[2]],
-        &[
-            "--health-ping-interval",
-            "1h",
-            "--health-readyz-interval",
-            "1h",
-        ],
-    );
-    lb.wait_all_ready(&[&s[0], &s[1], &s[2]]);
+    // Only first-byte racing can save these connections.
+    let lb = without_active_checks(&pki, &s);
     s[1].freeze();
     let (ok, failed) = many_whoami(lb.listen, &pki, 20).await;
     s[1].thaw();
