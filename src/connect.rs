@@ -133,66 +133,74 @@ pub async fn connect_race(
     mut candidates: VecDeque<Arc<Backend>>,
     s: RaceSettings,
 ) -> (Result<Upstream, EstablishError>, VecDeque<Arc<Backend>>) {
-    let mut set = JoinSet::new();
-    let mut pending: Vec<(Arc<Backend>, Instant)> = Vec::new();
-    let start_next = |set: &mut JoinSet<_>,
-                      pending: &mut Vec<(Arc<Backend>, Instant)>,
-                      c: &mut VecDeque<Arc<Backend>>| {
-        if let Some(b) = c.pop_front() {
-            pending.push((b.clone(), Instant::now()));
-            set.spawn(attempt(b, s.connect_timeout));
-            true
-        } else {
-            false
-        }
-    };
-    if !start_next(&mut set, &mut pending, &mut candidates) {
+    let Some(first) = candidates.pop_front() else {
         return (Err(EstablishError::NoServer), candidates);
-    }
+    };
+    // The first attempt runs inline (most connections need no other); racing attempts run
+    // as tasks of their own.
+    let mut pending: Vec<(Arc<Backend>, Instant)> = vec![(first.clone(), Instant::now())];
+    let inline = attempt(first, s.connect_timeout);
+    tokio::pin!(inline);
+    let mut inline_done = false;
+    let mut set = JoinSet::new();
     let delay = tokio::time::sleep(s.race_delay);
     tokio::pin!(delay);
     loop {
-        tokio::select! {
-            Some(done) = set.join_next() => {
-                let Ok((guard, result)) = done else {
-                    // An attempt task panicked or was aborted: nothing to learn from it.
-                    if !start_next(&mut set, &mut pending, &mut candidates) && set.is_empty() {
+        let (guard, result) = tokio::select! {
+            r = &mut inline, if !inline_done => {
+                inline_done = true;
+                r
+            }
+            Some(done) = set.join_next() => match done {
+                Ok(r) => r,
+                // An attempt task panicked or was aborted: nothing to learn from it.
+                Err(_) => {
+                    if inline_done && set.is_empty() && candidates.is_empty() {
                         return (Err(EstablishError::NoServer), candidates);
                     }
                     continue;
-                };
-                pending.retain(|(b, _)| !Arc::ptr_eq(b, &guard.backend));
-                match result {
-                    Ok(stream) => {
-                        for (slow, since) in &pending {
-                            if since.elapsed() >= s.race_delay {
-                                slow.mark_passive_failure(&format!(
-                                    "connect not done after {}; another server won the race",
-                                    humantime::format_duration(s.race_delay)
-                                ));
-                            }
-                        }
-                        return (Ok(Upstream { stream, guard }), candidates);
-                    }
-                    Err(e) if local_exhaustion(&e) => {
-                        // Our own descriptors or memory ran out: no server is at fault, and
-                        // every other attempt would fail the same way.
-                        return (Err(EstablishError::LocalResources(e)), candidates);
-                    }
-                    Err(e) => {
-                        guard.backend.mark_passive_failure(&e.to_string());
-                        tracing::debug!(server = %guard.backend.name, error = %e, "connect failed");
-                        if start_next(&mut set, &mut pending, &mut candidates) {
-                            delay.as_mut().reset(tokio::time::Instant::now() + s.race_delay);
-                        } else if set.is_empty() {
-                            return (Err(EstablishError::NoServer), candidates);
-                        }
+                }
+            },
+            () = &mut delay, if !candidates.is_empty() => {
+                if let Some(b) = candidates.pop_front() {
+                    pending.push((b.clone(), Instant::now()));
+                    set.spawn(attempt(b, s.connect_timeout));
+                }
+                delay.as_mut().reset(tokio::time::Instant::now() + s.race_delay);
+                continue;
+            }
+        };
+        pending.retain(|(b, _)| !Arc::ptr_eq(b, &guard.backend));
+        match result {
+            Ok(stream) => {
+                for (slow, since) in &pending {
+                    if since.elapsed() >= s.race_delay {
+                        slow.mark_passive_failure(&format!(
+                            "connect not done after {}; another server won the race",
+                            humantime::format_duration(s.race_delay)
+                        ));
                     }
                 }
+                return (Ok(Upstream { stream, guard }), candidates);
             }
-            () = &mut delay, if !candidates.is_empty() => {
-                start_next(&mut set, &mut pending, &mut candidates);
-                delay.as_mut().reset(tokio::time::Instant::now() + s.race_delay);
+            Err(e) if local_exhaustion(&e) => {
+                // Our own descriptors or memory ran out: no server is at fault, and every
+                // other attempt would fail the same way.
+                return (Err(EstablishError::LocalResources(e)), candidates);
+            }
+            Err(e) => {
+                guard.backend.mark_passive_failure(&e.to_string());
+                tracing::debug!(server = %guard.backend.name, error = %e, "connect failed");
+                // A failed attempt moves on at once.
+                if let Some(b) = candidates.pop_front() {
+                    pending.push((b.clone(), Instant::now()));
+                    set.spawn(attempt(b, s.connect_timeout));
+                    delay
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + s.race_delay);
+                } else if inline_done && set.is_empty() {
+                    return (Err(EstablishError::NoServer), candidates);
+                }
             }
         }
     }
