@@ -78,7 +78,12 @@ pub enum EstablishError {
 
 async fn attempt(backend: Arc<Backend>, timeout: Duration) -> (ConnGuard, io::Result<TcpStream>) {
     let guard = backend.claim();
-    let addrs = backend.addrs();
+    let mut addrs = backend.addrs();
+    if addrs.is_empty() && backend.needs_resolution() {
+        // Not resolved yet (a connection right at start): resolve now.
+        let _ = backend.resolve().await;
+        addrs = backend.addrs();
+    }
     if addrs.is_empty() {
         backend.metrics.connect_error.inc();
         let e = io::Error::new(io::ErrorKind::NotFound, "no address resolved yet");
