@@ -265,3 +265,23 @@ async fn all_down_fails_fast_then_recovers() {
     let (code, _) = lb.admin_get("/readyz").await;
     assert_eq!(code, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_only_server_is_checked_with_keepalive_readyz() {
+    let pki = Pki::new();
+    let mut s = Standin::start(&pki, [127, 0, 0, 2], "cp1");
+    s.http1_only = true;
+    s.restart();
+    let lb = Apilb::start(&pki, &[&s], &["--health-readyz-interval", "200ms"]);
+    lb.wait_all_ready(&[&s]);
+    let st = lb.status().await;
+    assert_eq!(st["servers"][0]["protocol"], "http/1.1");
+    let mark = lb.mark();
+    s.set_readyz(&pki, 500).await;
+    lb.wait_state(mark, s.addr, "not_ready", Duration::from_secs(10));
+    // Over HTTP/1.1 the readiness request is the liveness probe too.
+    let mark = lb.mark();
+    s.freeze();
+    lb.wait_state(mark, s.addr, "down", Duration::from_secs(15));
+    s.thaw();
+}

@@ -103,6 +103,9 @@ struct Args {
     /// holding only a number answers that status).
     #[arg(long, value_name = "DIR")]
     api_dir: Option<PathBuf>,
+    /// Offer only HTTP/1.1 in ALPN (a server that does not negotiate h2).
+    #[arg(long)]
+    http1_only: bool,
 }
 
 /// State shared by all connections.
@@ -292,7 +295,11 @@ fn tls_config(args: &Args) -> Result<ServerConfig> {
             args.key.display()
         )
     })?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = if args.http1_only {
+        vec![b"http/1.1".to_vec()]
+    } else {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    };
     Ok(config)
 }
 

@@ -171,6 +171,7 @@ pub struct Standin {
     pub name: String,
     client_ca: bool,
     api_dir: Option<PathBuf>,
+    pub http1_only: bool,
     certs: (PathBuf, PathBuf, PathBuf),
 }
 
@@ -197,6 +198,7 @@ impl Standin {
             name: name.to_string(),
             client_ca,
             api_dir: api_dir.map(|p| p.to_path_buf()),
+            http1_only: false,
             certs: (pki.cert.clone(), pki.key.clone(), pki.ca.clone()),
         };
         s.restart();
@@ -220,6 +222,9 @@ impl Standin {
         }
         if let Some(d) = &self.api_dir {
             cmd.arg("--api-dir").arg(d);
+        }
+        if self.http1_only {
+            cmd.arg("--http1-only");
         }
         let mut child = cmd
             .stdout(Stdio::piped())
