@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::Backends;
+use crate::backend::{Backend, Backends};
+use crate::discovery::{Discovery, DiscoveryStatus};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 
@@ -23,6 +24,7 @@ pub struct Admin {
     pub backends: Arc<Backends>,
     pub metrics: Arc<Metrics>,
     pub proxy: Arc<Proxy>,
+    pub discovery: Option<Arc<Discovery>>,
     pub started: SystemTime,
 }
 
@@ -34,6 +36,8 @@ pub struct Status {
     pub uptime_seconds: u64,
     pub client_connections: usize,
     pub servers: Vec<ServerStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<DiscoveryStatus>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -50,6 +54,11 @@ pub struct ServerStatus {
     pub protocol: Option<String>,
     pub active_connections: usize,
     pub connect_failed: bool,
+    #[serde(default)]
+    pub source: String,
+    /// Removed from the set; its connections are finishing.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 fn ago(t: Option<SystemTime>) -> Option<f64> {
@@ -58,9 +67,9 @@ fn ago(t: Option<SystemTime>) -> Option<f64> {
 
 impl Admin {
     pub fn status(&self) -> Status {
-        let servers = self
-            .backends
-            .snapshot()
+        let mut all: Vec<Arc<Backend>> = self.backends.snapshot().iter().cloned().collect();
+        all.extend(self.backends.draining());
+        let servers = all
             .iter()
             .map(|b| {
                 let o = b.observed();
@@ -77,6 +86,8 @@ impl Admin {
                     protocol: o.protocol.map(str::to_string),
                     active_connections: b.active(),
                     connect_failed: b.passive_failed(),
+                    source: b.source().as_str().to_string(),
+                    draining: b.is_draining(),
                 }
             })
             .collect();
@@ -86,6 +97,7 @@ impl Admin {
             uptime_seconds: ago(Some(self.started)).unwrap_or(0.0) as u64,
             client_connections: self.proxy.connections(),
             servers,
+            discovery: self.discovery.as_ref().map(|d| d.status()),
         }
     }
 

@@ -54,6 +54,34 @@ impl State {
     }
 }
 
+/// Where a server in the set came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Seed,
+    Discovered,
+    StateFile,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Seed => "seed",
+            Source::Discovered => "discovered",
+            Source::StateFile => "state file",
+        }
+    }
+}
+
+/// What happens to the connections of servers that leave the set.
+#[derive(Debug, Clone, Copy)]
+pub enum Removal {
+    /// Closed at once (an operator's reload).
+    Close,
+    /// Left to finish until the server goes down or the grace ends; no new connections
+    /// (the cluster's own list changed: control planes are being replaced, gracefully).
+    Drain(Duration),
+}
+
 /// What the health checker last saw, for /status.
 #[derive(Debug, Clone, Default)]
 pub struct Observed {
@@ -82,6 +110,9 @@ pub struct Backend {
     /// Cancelled when the server leaves the set: its health checker and resolver stop.
     retired: CancellationToken,
     observed: Mutex<Observed>,
+    source: Mutex<Source>,
+    /// Removed from the set, its connections left to finish.
+    draining: AtomicBool,
     pub metrics: ServerMetrics,
     registry: Arc<Metrics>,
 }
@@ -93,19 +124,24 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Backend {
-    pub fn new(spec: ServerSpec, root: &CancellationToken, registry: Arc<Metrics>) -> Backend {
+    pub fn new(
+        spec: ServerSpec,
+        root: &CancellationToken,
+        registry: Arc<Metrics>,
+        initial: State,
+    ) -> Backend {
         let name = spec.to_string();
         let addrs = match spec.host.parse::<IpAddr>() {
             Ok(ip) => vec![SocketAddr::new(ip, spec.port)],
             Err(_) => Vec::new(),
         };
         let metrics = registry.for_server(&name);
-        registry.set_state(&name, State::Unknown.as_str());
+        registry.set_state(&name, initial.as_str());
         Backend {
             spec,
             name,
             addrs: ArcSwap::from_pointee(addrs),
-            state: AtomicU8::new(State::Unknown as u8),
+            state: AtomicU8::new(initial as u8),
             passive_failed: AtomicBool::new(false),
             active: AtomicUsize::new(0),
             conns: Mutex::new(root.child_token()),
@@ -116,9 +152,19 @@ impl Backend {
                 since: Some(SystemTime::now()),
                 ..Observed::default()
             }),
+            source: Mutex::new(Source::Seed),
+            draining: AtomicBool::new(false),
             metrics,
             registry,
         }
+    }
+
+    pub fn source(&self) -> Source {
+        *lock(&self.source)
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 
     pub fn state(&self) -> State {
@@ -269,6 +315,8 @@ impl Drop for ConnGuard {
 /// The current set of servers. Replaced whole; readers take a snapshot without locking.
 pub struct Backends {
     current: ArcSwap<Vec<Arc<Backend>>>,
+    /// Servers removed from the set whose connections are still finishing.
+    draining: Arc<Mutex<Vec<Arc<Backend>>>>,
     root: CancellationToken,
     metrics: Arc<Metrics>,
 }
@@ -282,6 +330,7 @@ impl Backends {
     pub fn new(root: CancellationToken, metrics: Arc<Metrics>) -> Backends {
         Backends {
             current: ArcSwap::from_pointee(Vec::new()),
+            draining: Arc::new(Mutex::new(Vec::new())),
             root,
             metrics,
         }
@@ -291,32 +340,97 @@ impl Backends {
         self.current.load()
     }
 
-    /// Makes `specs` the set: servers that stay keep their state and connections, new ones
-    /// start `Unknown`, removed ones are retired (their connections closed).
-    pub fn replace(&self, specs: &[ServerSpec]) -> Change {
+    /// Servers removed but still finishing their connections.
+    pub fn draining(&self) -> Vec<Arc<Backend>> {
+        lock(&self.draining).clone()
+    }
+
+    /// Makes `specs` the set: servers that stay keep their state and connections; new ones
+    /// start unknown in the first set and not ready afterwards (they take traffic once a
+    /// health check passes); removed ones are closed or drained as `removal` says.
+    pub fn replace(&self, specs: &[(ServerSpec, Source)], removal: Removal) -> Change {
         let old = self.current.load_full();
+        let initial = if old.is_empty() {
+            State::Unknown
+        } else {
+            State::NotReady
+        };
         let mut next = Vec::with_capacity(specs.len());
         let mut added = Vec::new();
-        for spec in specs {
-            match old.iter().find(|b| &b.spec == spec) {
-                Some(b) => next.push(b.clone()),
-                None => {
-                    let b = Arc::new(Backend::new(spec.clone(), &self.root, self.metrics.clone()));
-                    added.push(b.clone());
-                    next.push(b);
+        for (spec, source) in specs {
+            let back_from_drain = {
+                let mut d = lock(&self.draining);
+                d.iter()
+                    .position(|b| &b.spec == spec)
+                    .map(|i| d.swap_remove(i))
+            };
+            let b = match (old.iter().find(|b| &b.spec == spec), back_from_drain) {
+                (Some(b), _) => b.clone(),
+                (None, Some(b)) => {
+                    b.draining.store(false, Ordering::Relaxed);
+                    b
                 }
-            }
+                (None, None) => {
+                    let b = Arc::new(Backend::new(
+                        spec.clone(),
+                        &self.root,
+                        self.metrics.clone(),
+                        initial,
+                    ));
+                    if initial == State::NotReady {
+                        b.observe(|o| o.reason = "new: waiting for its first health checks".into());
+                    }
+                    added.push(b.clone());
+                    b
+                }
+            };
+            *lock(&b.source) = *source;
+            next.push(b);
         }
         let removed: Vec<Arc<Backend>> = old
             .iter()
-            .filter(|b| !specs.contains(&b.spec))
+            .filter(|b| !specs.iter().any(|(s, _)| s == &b.spec))
             .cloned()
             .collect();
         self.current.store(Arc::new(next));
         for b in &removed {
-            b.retire();
+            match removal {
+                Removal::Close => b.retire(),
+                Removal::Drain(grace) => self.drain(b.clone(), grace),
+            }
         }
         Change { added, removed }
+    }
+
+    /// No new connections (it left the set); existing ones run until the server goes down,
+    /// they all end, or `grace` passes. Then the server is retired.
+    fn drain(&self, b: Arc<Backend>, grace: Duration) {
+        b.draining.store(true, Ordering::Relaxed);
+        tracing::info!(server = %b.name, open_connections = b.active(),
+            grace = %humantime::format_duration(grace), "server left the set: draining");
+        lock(&self.draining).push(b.clone());
+        let list = self.draining.clone();
+        tokio::spawn(async move {
+            let down = b.conn_token();
+            let deadline = tokio::time::sleep(grace);
+            tokio::pin!(deadline);
+            // Connections ending is not signalled; look once a second.
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    () = &mut deadline => break,
+                    () = down.cancelled() => break,
+                    _ = tick.tick() => if b.active() == 0 { break },
+                }
+                if !b.is_draining() {
+                    return; // back in the set
+                }
+            }
+            if b.is_draining() {
+                lock(&list).retain(|x| !Arc::ptr_eq(x, &b));
+                b.retire();
+            }
+        });
     }
 
     pub fn any_ready(&self) -> bool {
@@ -335,7 +449,12 @@ mod tests {
     #[test]
     fn down_cancels_pinned_connections_and_installs_a_fresh_token() {
         let root = CancellationToken::new();
-        let b = Backend::new(spec("127.0.0.2:1"), &root, Arc::new(Metrics::new()));
+        let b = Backend::new(
+            spec("127.0.0.2:1"),
+            &root,
+            Arc::new(Metrics::new()),
+            State::Unknown,
+        );
         let pinned = b.conn_token();
         b.set_state(State::NotReady, "readyz 500");
         assert!(
@@ -351,18 +470,43 @@ mod tests {
     fn replace_keeps_survivors_and_retires_the_removed() {
         let root = CancellationToken::new();
         let set = Backends::new(root, Arc::new(Metrics::new()));
-        set.replace(&[spec("127.0.0.2:1"), spec("127.0.0.3:1")]);
+        let seed = |s: &str| (spec(s), Source::Seed);
+        set.replace(&[seed("127.0.0.2:1"), seed("127.0.0.3:1")], Removal::Close);
         let first = set.snapshot()[0].clone();
         let second = set.snapshot()[1].clone();
         let pinned = second.conn_token();
         first.set_state(State::Ready, "ok");
-        let ch = set.replace(&[spec("127.0.0.2:1"), spec("127.0.0.4:1")]);
+        let ch = set.replace(&[seed("127.0.0.2:1"), seed("127.0.0.4:1")], Removal::Close);
         assert_eq!(ch.added.len(), 1);
         assert_eq!(ch.removed.len(), 1);
         assert!(Arc::ptr_eq(&set.snapshot()[0], &first));
         assert_eq!(set.snapshot()[0].state(), State::Ready);
         assert!(pinned.is_cancelled());
         assert!(second.retired().is_cancelled());
+        // Added later: not eligible until its health checks pass.
+        assert_eq!(set.snapshot()[1].state(), State::NotReady);
+    }
+
+    #[tokio::test]
+    async fn drained_servers_keep_connections_until_they_end() {
+        let root = CancellationToken::new();
+        let set = Backends::new(root, Arc::new(Metrics::new()));
+        let seed = |s: &str| (spec(s), Source::Seed);
+        set.replace(&[seed("127.0.0.2:1"), seed("127.0.0.3:1")], Removal::Close);
+        let leaving = set.snapshot()[1].clone();
+        let conn = leaving.claim();
+        let pinned = leaving.conn_token();
+        set.replace(
+            &[seed("127.0.0.2:1")],
+            Removal::Drain(Duration::from_secs(3600)),
+        );
+        assert_eq!(set.snapshot().len(), 1, "no new connections to it");
+        assert!(!pinned.is_cancelled(), "its connection stays");
+        assert!(leaving.is_draining());
+        assert_eq!(set.draining().len(), 1);
+        drop(conn);
+        leaving.retired().cancelled().await;
+        assert!(set.draining().is_empty());
     }
 
     #[test]
@@ -372,6 +516,7 @@ mod tests {
             spec("127.0.0.2:1"),
             &root,
             Arc::new(Metrics::new()),
+            State::Unknown,
         ));
         let g1 = b.claim();
         let g2 = b.claim();

@@ -56,6 +56,7 @@ mod tests {
                     ServerSpec::parse(&format!("127.0.0.{}:1", i + 2)).unwrap(),
                     &root,
                     m.clone(),
+                    State::Unknown,
                 ))
             })
             .collect()

@@ -120,7 +120,7 @@ pub struct RunArgs {
     #[arg(long, value_parser = duration, value_name = "DURATION")]
     pub health_ping_interval: Option<Duration>,
 
-    /// A PING unanswered this long is a failed liveness check. [default: 800ms]
+    /// A PING unanswered this long is a failed liveness check. [default: 600ms]
     #[arg(long, value_parser = duration, value_name = "DURATION")]
     pub health_ping_timeout: Option<Duration>,
 
@@ -154,6 +154,30 @@ pub struct RunArgs {
     /// How often host names in --server are resolved again. [default: 30s]
     #[arg(long, value_parser = duration, value_name = "DURATION")]
     pub resolve_interval: Option<Duration>,
+
+    /// Follow the cluster's own list of apiservers (the `kubernetes` EndpointSlice or
+    /// Endpoints), read with this kubeconfig's credentials (e.g. /etc/kubernetes/kubelet.conf).
+    /// --server values become seeds.
+    #[arg(long, value_name = "FILE")]
+    pub discovery_kubeconfig: Option<PathBuf>,
+
+    /// How often to discover (±10% jitter). [default: 30s]
+    #[arg(long, value_parser = duration, value_name = "DURATION")]
+    pub discovery_interval: Option<Duration>,
+
+    /// seed: balance over the discovered set once discovery succeeds; pin: keep the
+    /// --server list and only report what the cluster says. [default: seed]
+    #[arg(long, value_enum)]
+    pub discovery_mode: Option<crate::discovery::Mode>,
+
+    /// A discovered server that disappears keeps its open connections this long (or until it
+    /// goes down). [default: 5m]
+    #[arg(long, value_parser = duration, value_name = "DURATION")]
+    pub discovery_removal_grace: Option<Duration>,
+
+    /// Where the last discovered set is kept across restarts. [default: /var/lib/apilb]
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -31,7 +31,7 @@ pub mod defaults {
     pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_millis(500);
     pub const REPLAY_LIMIT: usize = 8 * 1024;
     pub const PING_INTERVAL: Duration = Duration::from_secs(1);
-    pub const PING_TIMEOUT: Duration = Duration::from_millis(800);
+    pub const PING_TIMEOUT: Duration = Duration::from_millis(600);
     pub const READYZ_INTERVAL: Duration = Duration::from_secs(4);
     pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
     pub const FALL: u32 = 2;
@@ -39,6 +39,9 @@ pub mod defaults {
     pub const MAX_CONNECTIONS: usize = 10_000;
     pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
     pub const RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
+    pub const DISCOVERY_INTERVAL: Duration = Duration::from_secs(30);
+    pub const DISCOVERY_REMOVAL_GRACE: Duration = Duration::from_secs(300);
+    pub const STATE_DIR: &str = "/var/lib/apilb";
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -139,6 +142,11 @@ pub struct FileConfig {
     pub max_connections: Option<usize>,
     pub drain_grace: Option<String>,
     pub resolve_interval: Option<String>,
+    pub discovery_kubeconfig: Option<PathBuf>,
+    pub discovery_interval: Option<String>,
+    pub discovery_mode: Option<crate::discovery::Mode>,
+    pub discovery_removal_grace: Option<String>,
+    pub state_dir: Option<PathBuf>,
 }
 
 /// The validated configuration `apilb run` works from.
@@ -162,6 +170,8 @@ pub struct Config {
     pub max_connections: usize,
     pub drain_grace: Duration,
     pub resolve_interval: Duration,
+    /// Control-plane discovery, when `--discovery-kubeconfig` is given.
+    pub discovery: Option<crate::discovery::DiscoverySettings>,
     /// The config file this came from, watched for changes.
     pub config_file: Option<PathBuf>,
     /// True when `--server` flags pinned the list: reloads of the file keep it.
@@ -503,6 +513,39 @@ pub fn resolve(args: &RunArgs, file: FileConfig) -> Result<Config, ConfigError> 
             "resolve-interval",
             d::RESOLVE_INTERVAL,
         )?,
+        discovery: match args
+            .discovery_kubeconfig
+            .clone()
+            .or(file.discovery_kubeconfig.clone())
+        {
+            None => None,
+            Some(kubeconfig) => Some(crate::discovery::DiscoverySettings {
+                kubeconfig,
+                interval: duration(
+                    args.discovery_interval,
+                    file.discovery_interval.as_ref(),
+                    fp,
+                    "discovery-interval",
+                    d::DISCOVERY_INTERVAL,
+                )?,
+                mode: args
+                    .discovery_mode
+                    .or(file.discovery_mode)
+                    .unwrap_or(crate::discovery::Mode::Seed),
+                state_dir: args
+                    .state_dir
+                    .clone()
+                    .or(file.state_dir.clone())
+                    .unwrap_or_else(|| PathBuf::from(d::STATE_DIR)),
+                removal_grace: duration(
+                    args.discovery_removal_grace,
+                    file.discovery_removal_grace.as_ref(),
+                    fp,
+                    "discovery-removal-grace",
+                    d::DISCOVERY_REMOVAL_GRACE,
+                )?,
+            }),
+        },
         config_file: args.config.clone(),
         servers_from_flags,
     })

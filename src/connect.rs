@@ -72,11 +72,18 @@ pub enum EstablishError {
     Client(io::Error),
     #[error("the client closed before the server answered")]
     ClientGone,
+    #[error("out of local resources: {0}")]
+    LocalResources(io::Error),
 }
 
 async fn attempt(backend: Arc<Backend>, timeout: Duration) -> (ConnGuard, io::Result<TcpStream>) {
     let guard = backend.claim();
-    let addrs = backend.addrs();
+    let mut addrs = backend.addrs();
+    if addrs.is_empty() && backend.needs_resolution() {
+        // Not resolved yet (a connection right at start): resolve now.
+        let _ = backend.resolve().await;
+        addrs = backend.addrs();
+    }
     if addrs.is_empty() {
         backend.metrics.connect_error.inc();
         let e = io::Error::new(io::ErrorKind::NotFound, "no address resolved yet");
@@ -116,68 +123,89 @@ async fn attempt(backend: Arc<Backend>, timeout: Duration) -> (ConnGuard, io::Re
     (guard, Err(last))
 }
 
+/// Errors that say this process (not the server) is out of resources.
+pub fn local_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
 /// Connect racing over `candidates` (consumed from the front). Returns the first server that
 /// connects, and what is left to try. A server still connecting when another one won, after
 /// at least a race delay, is marked as failed: it is slow or unreachable.
 pub async fn connect_race(
     mut candidates: VecDeque<Arc<Backend>>,
     s: RaceSettings,
-) -> (Option<Upstream>, VecDeque<Arc<Backend>>) {
-    let mut set = JoinSet::new();
-    let mut pending: Vec<(Arc<Backend>, Instant)> = Vec::new();
-    let start_next = |set: &mut JoinSet<_>,
-                      pending: &mut Vec<(Arc<Backend>, Instant)>,
-                      c: &mut VecDeque<Arc<Backend>>| {
-        if let Some(b) = c.pop_front() {
-            pending.push((b.clone(), Instant::now()));
-            set.spawn(attempt(b, s.connect_timeout));
-            true
-        } else {
-            false
-        }
+) -> (Result<Upstream, EstablishError>, VecDeque<Arc<Backend>>) {
+    let Some(first) = candidates.pop_front() else {
+        return (Err(EstablishError::NoServer), candidates);
     };
-    if !start_next(&mut set, &mut pending, &mut candidates) {
-        return (None, candidates);
-    }
+    // The first attempt runs inline (most connections need no other); racing attempts run
+    // as tasks of their own.
+    let mut pending: Vec<(Arc<Backend>, Instant)> = vec![(first.clone(), Instant::now())];
+    let inline = attempt(first, s.connect_timeout);
+    tokio::pin!(inline);
+    let mut inline_done = false;
+    let mut set = JoinSet::new();
     let delay = tokio::time::sleep(s.race_delay);
     tokio::pin!(delay);
     loop {
-        tokio::select! {
-            Some(done) = set.join_next() => {
-                let Ok((guard, result)) = done else {
-                    // An attempt task panicked or was aborted: nothing to learn from it.
-                    if !start_next(&mut set, &mut pending, &mut candidates) && set.is_empty() {
-                        return (None, candidates);
+        let (guard, result) = tokio::select! {
+            r = &mut inline, if !inline_done => {
+                inline_done = true;
+                r
+            }
+            Some(done) = set.join_next() => match done {
+                Ok(r) => r,
+                // An attempt task panicked or was aborted: nothing to learn from it.
+                Err(_) => {
+                    if inline_done && set.is_empty() && candidates.is_empty() {
+                        return (Err(EstablishError::NoServer), candidates);
                     }
                     continue;
-                };
-                pending.retain(|(b, _)| !Arc::ptr_eq(b, &guard.backend));
-                match result {
-                    Ok(stream) => {
-                        for (slow, since) in &pending {
-                            if since.elapsed() >= s.race_delay {
-                                slow.mark_passive_failure(&format!(
-                                    "connect not done after {}; another server won the race",
-                                    humantime::format_duration(s.race_delay)
-                                ));
-                            }
-                        }
-                        return (Some(Upstream { stream, guard }), candidates);
-                    }
-                    Err(e) => {
-                        guard.backend.mark_passive_failure(&e.to_string());
-                        tracing::debug!(server = %guard.backend.name, error = %e, "connect failed");
-                        if start_next(&mut set, &mut pending, &mut candidates) {
-                            delay.as_mut().reset(tokio::time::Instant::now() + s.race_delay);
-                        } else if set.is_empty() {
-                            return (None, candidates);
-                        }
+                }
+            },
+            () = &mut delay, if !candidates.is_empty() => {
+                if let Some(b) = candidates.pop_front() {
+                    pending.push((b.clone(), Instant::now()));
+                    set.spawn(attempt(b, s.connect_timeout));
+                }
+                delay.as_mut().reset(tokio::time::Instant::now() + s.race_delay);
+                continue;
+            }
+        };
+        pending.retain(|(b, _)| !Arc::ptr_eq(b, &guard.backend));
+        match result {
+            Ok(stream) => {
+                for (slow, since) in &pending {
+                    if since.elapsed() >= s.race_delay {
+                        slow.mark_passive_failure(&format!(
+                            "connect not done after {}; another server won the race",
+                            humantime::format_duration(s.race_delay)
+                        ));
                     }
                 }
+                return (Ok(Upstream { stream, guard }), candidates);
             }
-            () = &mut delay, if !candidates.is_empty() => {
-                start_next(&mut set, &mut pending, &mut candidates);
-                delay.as_mut().reset(tokio::time::Instant::now() + s.race_delay);
+            Err(e) if local_exhaustion(&e) => {
+                // Our own descriptors or memory ran out: no server is at fault, and every
+                // other attempt would fail the same way.
+                return (Err(EstablishError::LocalResources(e)), candidates);
+            }
+            Err(e) => {
+                guard.backend.mark_passive_failure(&e.to_string());
+                tracing::debug!(server = %guard.backend.name, error = %e, "connect failed");
+                // A failed attempt moves on at once.
+                if let Some(b) = candidates.pop_front() {
+                    pending.push((b.clone(), Instant::now()));
+                    set.spawn(attempt(b, s.connect_timeout));
+                    delay
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + s.race_delay);
+                } else if inline_done && set.is_empty() {
+                    return (Err(EstablishError::NoServer), candidates);
+                }
             }
         }
     }
@@ -205,11 +233,12 @@ enum Event {
     Server(usize),
     Cancelled(usize),
     FirstByteTimeout,
-    Connected(Option<Upstream>, VecDeque<Arc<Backend>>),
+    Connected(Result<Upstream, EstablishError>, VecDeque<Arc<Backend>>),
 }
 
-type PendingConnect =
-    Pin<Box<dyn Future<Output = (Option<Upstream>, VecDeque<Arc<Backend>>)> + Send>>;
+type PendingConnect = Pin<
+    Box<dyn Future<Output = (Result<Upstream, EstablishError>, VecDeque<Arc<Backend>>)> + Send>,
+>;
 
 /// Connect racing, then first-byte racing, for one client connection.
 pub async fn establish(
@@ -219,7 +248,7 @@ pub async fn establish(
     metrics: &Metrics,
 ) -> Result<Established, EstablishError> {
     let (first, rest) = connect_race(order.into(), s).await;
-    let first = first.ok_or(EstablishError::NoServer)?;
+    let first = first?;
     let mut candidates = Some(rest);
     let mut racers = vec![Racer::new(first)];
     let mut replay: Vec<u8> = Vec::new();
@@ -261,18 +290,22 @@ pub async fn establish(
 
         match event {
             Event::Client => {
-                let mut buf = [0u8; 4096];
-                match client.try_read(&mut buf) {
-                    Ok(0) => {
+                // Read into a stack buffer and keep only what arrived: the buffer must not
+                // live across the awaits below (it would sit in every connection's task).
+                let read = {
+                    let mut buf = [0u8; 4096];
+                    client.try_read(&mut buf).map(|n| buf[..n].to_vec())
+                };
+                match read {
+                    Ok(bytes) if bytes.is_empty() => {
                         client_eof = true;
                         for r in &racers {
                             socket::shutdown_write(&r.up.stream);
                         }
                     }
-                    Ok(n) => {
-                        let bytes = &buf[..n];
+                    Ok(bytes) => {
                         if !pinned {
-                            if replay.len() + n > s.replay_limit {
+                            if replay.len() + bytes.len() > s.replay_limit {
                                 pinned = true;
                                 replay = Vec::new();
                             } else {
@@ -282,12 +315,12 @@ pub async fn establish(
                                         .reset(tokio::time::Instant::now() + s.first_byte_timeout);
                                     timer_armed = true;
                                 }
-                                replay.extend_from_slice(bytes);
+                                replay.extend_from_slice(&bytes);
                             }
                         }
                         let mut i = 0;
                         while i < racers.len() {
-                            if write_all(&racers[i].up.stream, bytes).await.is_err() {
+                            if write_all(&racers[i].up.stream, &bytes).await.is_err() {
                                 let r = racers.swap_remove(i);
                                 r.up.backend().mark_passive_failure("write failed");
                             } else {
@@ -339,7 +372,7 @@ pub async fn establish(
             }
             Event::Connected(up, rest) => {
                 candidates = Some(rest);
-                if let Some(up) = up {
+                if let Ok(up) = up {
                     if pinned {
                         // The client said too much meanwhile to replay: not usable.
                         drop(up);

@@ -3,43 +3,130 @@
 //!
 //! Both directions run concurrently; when one side reaches EOF the other keeps flowing and
 //! the EOF is passed on as a write shutdown (half-close). An error in either direction ends
-//! both. Memory is the point of the shape: the read buffer lives on the stack only between
-//! two await points (it is never part of the connection's future), so an idle connection
-//! holds no copy buffer at all. Bytes are copied to the heap only when the writer cannot take
-//! everything at once, and freed as soon as they are written. This module never decides
-//! when a connection must close early: the caller selects this against its cancellation.
+//! both. Memory is the point of the shape: the copy is a hand-written future polling socket
+//! readiness directly (no stored readiness futures), and its read buffer lives on the stack
+//! inside `poll` only, so an idle connection holds no copy buffer at all — a few hundred
+//! bytes of state. Bytes are copied to the heap only when the writer cannot take everything
+//! at once, and freed as soon as they are written. This module never decides when a
+//! connection must close early: the caller selects this against its cancellation.
 
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 
 use prometheus_client::metrics::counter::Counter;
 use tokio::net::TcpStream;
 
 use crate::socket;
 
-/// Bytes read per system call. On the stack, between awaits only.
+/// Bytes read per system call. On the stack, inside `poll` only.
 const CHUNK: usize = 64 * 1024;
 
 /// Bytes moved each way: (client → server, server → client).
 pub type Moved = (u64, u64);
 
 /// Copies until both directions have seen EOF, or either fails.
-pub async fn bidirectional(
-    client: &TcpStream,
-    server: &TcpStream,
-    to_server: &Counter,
-    to_client: &Counter,
-) -> io::Result<Moved> {
-    let up = one_way(client, server, to_server);
-    let down = one_way(server, client, to_client);
-    tokio::pin!(up, down);
-    let (mut a, mut b) = (None, None);
-    loop {
-        tokio::select! {
-            r = &mut up, if a.is_none() => a = Some(r?),
-            r = &mut down, if b.is_none() => b = Some(r?),
+pub fn bidirectional<'a>(
+    client: &'a TcpStream,
+    server: &'a TcpStream,
+    to_server: &'a Counter,
+    to_client: &'a Counter,
+) -> Bidirectional<'a> {
+    Bidirectional {
+        up: OneWay::new(client, server, to_server),
+        down: OneWay::new(server, client, to_client),
+    }
+}
+
+pub struct Bidirectional<'a> {
+    up: OneWay<'a>,
+    down: OneWay<'a>,
+}
+
+impl Future for Bidirectional<'_> {
+    type Output = io::Result<Moved>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let up = self.up.poll_copy(cx)?;
+        let down = self.down.poll_copy(cx)?;
+        match (up, down) {
+            (Poll::Ready(a), Poll::Ready(b)) => Poll::Ready(Ok((a, b))),
+            _ => Poll::Pending,
         }
-        if let (Some(a), Some(b)) = (a, b) {
-            return Ok((a, b));
+    }
+}
+
+/// One direction: read what is there, write what the peer takes now, and keep (on the heap)
+/// only what it could not take.
+struct OneWay<'a> {
+    src: &'a TcpStream,
+    dst: &'a TcpStream,
+    counter: &'a Counter,
+    /// Read but not yet written; empty (no allocation) almost always.
+    pending: Vec<u8>,
+    written: usize,
+    total: u64,
+    done: bool,
+}
+
+impl<'a> OneWay<'a> {
+    fn new(src: &'a TcpStream, dst: &'a TcpStream, counter: &'a Counter) -> OneWay<'a> {
+        OneWay {
+            src,
+            dst,
+            counter,
+            pending: Vec::new(),
+            written: 0,
+            total: 0,
+            done: false,
+        }
+    }
+
+    fn poll_copy(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<u64>> {
+        if self.done {
+            return Poll::Ready(Ok(self.total));
+        }
+        loop {
+            while self.written < self.pending.len() {
+                ready!(self.dst.poll_write_ready(cx))?;
+                match self.dst.try_write(&self.pending[self.written..]) {
+                    Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Ok(n) => self.written += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            }
+            if !self.pending.is_empty() {
+                self.pending = Vec::new();
+                self.written = 0;
+            }
+            ready!(self.src.poll_read_ready(cx))?;
+            let mut buf = [0u8; CHUNK];
+            let n = match self.src.try_read(&mut buf) {
+                Ok(0) => {
+                    socket::shutdown_write(self.dst);
+                    self.done = true;
+                    return Poll::Ready(Ok(self.total));
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            };
+            self.total += n as u64;
+            self.counter.inc_by(n as u64);
+            let mut written = 0;
+            while written < n {
+                match self.dst.try_write(&buf[written..n]) {
+                    Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Ok(w) => written += w,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            }
+            if written < n {
+                self.pending = buf[written..n].to_vec();
+            }
         }
     }
 }
@@ -57,43 +144,6 @@ pub async fn write_all(dst: &TcpStream, bytes: &[u8]) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// One direction: read what is there, write what the peer takes now, and only keep (on the
-/// heap) what it could not take.
-async fn one_way(src: &TcpStream, dst: &TcpStream, counter: &Counter) -> io::Result<u64> {
-    let mut total = 0u64;
-    loop {
-        src.readable().await?;
-        // The buffer's scope has no await in it, so it never lives in the future.
-        let leftover: Option<Vec<u8>> = {
-            let mut buf = [0u8; CHUNK];
-            let n = match src.try_read(&mut buf) {
-                Ok(0) => {
-                    socket::shutdown_write(dst);
-                    return Ok(total);
-                }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            };
-            total += n as u64;
-            counter.inc_by(n as u64);
-            let mut written = 0;
-            while written < n {
-                match dst.try_write(&buf[written..n]) {
-                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                    Ok(w) => written += w,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => return Err(e),
-                }
-            }
-            (written < n).then(|| buf[written..n].to_vec())
-        };
-        if let Some(rest) = leftover {
-            write_all(dst, &rest).await?;
-        }
-    }
 }
 
 #[cfg(test)]

@@ -65,7 +65,7 @@ fn finish(
         Outcome::Unchanged { reason } => {
             eprintln!("{source}: unchanged: {reason}");
             if to_stdout {
-                print!("{old}");
+                std::io::stdout().write_all(old.as_bytes())?;
             }
         }
         Outcome::Changed { text, changes } => {
@@ -73,7 +73,8 @@ fn finish(
                 eprintln!("{source}: {c}");
             }
             if dry_run {
-                print!("{}", kubeconfig::unified_diff(source, old, &text));
+                std::io::stdout()
+                    .write_all(kubeconfig::unified_diff(source, old, &text).as_bytes())?;
             } else if to_stdout {
                 std::io::stdout().write_all(text.as_bytes())?;
             } else {

@@ -11,6 +11,7 @@ mod cli;
 mod config;
 mod connect;
 mod copy;
+mod discovery;
 mod health;
 mod kubeadm;
 mod kubeconfig;
@@ -18,6 +19,8 @@ mod kubeconfig_cmd;
 mod kubespray;
 mod manifest;
 mod metrics;
+#[cfg(test)]
+mod properties;
 mod proxy;
 mod run;
 mod socket;
@@ -104,14 +107,13 @@ fn main() -> ExitCode {
             };
             match rt.block_on(status::fetch(&args.admin_url)) {
                 Ok(s) => {
-                    if args.json {
-                        match serde_json::to_string_pretty(&s) {
-                            Ok(j) => println!("{j}"),
-                            Err(e) => eprintln!("apilb: error: {e}"),
-                        }
+                    let text = if args.json {
+                        serde_json::to_string_pretty(&s).unwrap_or_default() + "\n"
                     } else {
-                        print!("{}", status::render(&s));
-                    }
+                        status::render(&s)
+                    };
+                    // A closed pipe (`apilb status | head`) is not an error worth a panic.
+                    let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
                     if s.ready {
                         ExitCode::SUCCESS
                     } else {

@@ -502,6 +502,8 @@ pub fn systemd_unit(plan: &Plan, command: &str) -> String {
          # Least privilege: a transient user, no capabilities (6443 is above 1024), read-only\n\
          # system, network sockets only.\n\
          DynamicUser=yes\n\
+         # /var/lib/apilb, writable by that user: --state-dir (discovery) keeps its list there.\n\
+         StateDirectory=apilb\n\
          CapabilityBoundingSet=\n\
          AmbientCapabilities=\n\
          NoNewPrivileges=yes\n\

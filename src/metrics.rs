@@ -65,6 +65,11 @@ pub struct ServerState {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DiscoveryResult {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Reason {
     pub reason: RejectReason,
 }
@@ -76,6 +81,8 @@ pub enum RejectReason {
     connection_limit,
     /// Every server failed to connect.
     no_server,
+    /// apilb itself ran out of descriptors or memory.
+    local_resources,
 }
 
 /// Every metric family apilb exports.
@@ -92,6 +99,8 @@ pub struct Metrics {
     pub rejected: Family<Reason, Counter>,
     pub panic_mode: Gauge,
     pub replayed: Counter,
+    pub discovery_attempts: Family<DiscoveryResult, Counter>,
+    pub discovery_last_success: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -120,6 +129,8 @@ impl Metrics {
             rejected: Family::default(),
             panic_mode: Gauge::default(),
             replayed: Counter::default(),
+            discovery_attempts: Family::default(),
+            discovery_last_success: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -177,6 +188,16 @@ impl Metrics {
             "Connections whose first client bytes were replayed to another server because \
              the first one did not answer",
             m.replayed.clone(),
+        );
+        registry.register(
+            "discovery_attempts",
+            "Control-plane discovery rounds, by result (ok, empty, forbidden, error)",
+            m.discovery_attempts.clone(),
+        );
+        registry.register(
+            "discovery_last_success_timestamp_seconds",
+            "Unix time of the last successful control-plane discovery",
+            m.discovery_last_success.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -275,6 +296,20 @@ impl Metrics {
                 state: st.as_str(),
             });
         }
+    }
+
+    pub fn discovery_attempt(&self, result: &'static str) {
+        self.discovery_attempts
+            .get_or_create(&DiscoveryResult { result })
+            .inc();
+    }
+
+    pub fn discovery_success_now(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        self.discovery_last_success.set(now);
     }
 
     pub fn reject(&self, reason: RejectReason) {

@@ -118,19 +118,36 @@ impl Proxy {
         }
     }
 
-    async fn handle(self: Arc<Self>, client: TcpStream, peer: SocketAddr) {
+    pub(crate) async fn handle(self: Arc<Self>, client: TcpStream, peer: SocketAddr) {
         socket::tune_client(&client);
         let plan = balance::plan(&self.backends.snapshot());
         self.note_panic_mode(plan.panic);
-        let est = match connect::establish(&client, plan.order, self.race, &self.metrics).await {
+        // Boxed: setting up is the biggest state of a connection's life, and boxing it keeps
+        // it out of the task that then sits idle for hours on a watch.
+        let establishing = Box::pin(connect::establish(
+            &client,
+            plan.order,
+            self.race,
+            &self.metrics,
+        ));
+        let est = match establishing.await {
             Ok(est) => est,
             Err(e) => {
-                if !matches!(
-                    e,
-                    connect::EstablishError::Client(_) | connect::EstablishError::ClientGone
-                ) {
-                    self.metrics.reject(RejectReason::no_server);
-                    tracing::warn!(client = %peer, cause = %e, "no server for a client connection");
+                use connect::EstablishError as E;
+                match e {
+                    E::Client(_) | E::ClientGone => {}
+                    E::LocalResources(_) => {
+                        self.metrics.reject(RejectReason::local_resources);
+                        self.log_rate_limited(|| {
+                            tracing::error!(client = %peer, cause = %e,
+                                "closing a new client connection: out of local resources")
+                        });
+                    }
+                    E::NoServer | E::NoAnswer => {
+                        self.metrics.reject(RejectReason::no_server);
+                        tracing::warn!(client = %peer, cause = %e,
+                            "no server for a client connection");
+                    }
                 }
                 socket::reset_on_close(&client);
                 return;
@@ -172,5 +189,35 @@ impl Proxy {
         self.tracker.close();
         let _ = tokio::time::timeout(grace, self.tracker.wait()).await;
         self.connections()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The task of an idle proxied connection is allocated once, at its largest state: it
+    /// must hold no copy buffer (memory per idle connection is a product goal).
+    #[tokio::test]
+    async fn a_connection_task_is_small() {
+        let metrics = Arc::new(Metrics::new());
+        let backends = Arc::new(Backends::new(CancellationToken::new(), metrics.clone()));
+        let proxy = Arc::new(Proxy::new(
+            backends,
+            metrics,
+            RaceSettings {
+                connect_timeout: Duration::from_secs(1),
+                race_delay: Duration::from_millis(200),
+                first_byte_timeout: Duration::from_millis(500),
+                replay_limit: 8192,
+            },
+            10,
+        ));
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let peer = c.local_addr().unwrap();
+        let fut = proxy.handle(c, peer);
+        let size = std::mem::size_of_val(&fut);
+        assert!(size < 640, "connection task is {size} bytes");
     }
 }

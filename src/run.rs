@@ -12,10 +12,11 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::Admin;
-use crate::backend::{Backend, Backends};
+use crate::backend::{Backend, Backends, Removal, Source};
 use crate::cli::RunArgs;
-use crate::config::{self, Config};
+use crate::config::{self, Config, ServerSpec};
 use crate::connect::RaceSettings;
+use crate::discovery::{self, Discovery};
 use crate::health::{self, HealthContext};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
@@ -24,32 +25,50 @@ use crate::socket;
 /// How often the config file is looked at for changes.
 const CONFIG_POLL: Duration = Duration::from_secs(2);
 
-fn start_server_tasks(b: &Arc<Backend>, health: &Arc<HealthContext>, resolve_every: Duration) {
-    tokio::spawn(health::run(b.clone(), health.clone()));
-    if b.needs_resolution() {
-        let b = b.clone();
-        tokio::spawn(async move {
-            let retired = b.retired().clone();
-            loop {
-                tokio::select! {
-                    () = retired.cancelled() => return,
-                    () = tokio::time::sleep(resolve_every) => {}
+/// The servers and what runs for each: applying a new set starts the health checker (and
+/// resolver) of every new server.
+struct Fleet {
+    backends: Arc<Backends>,
+    health: Arc<HealthContext>,
+    resolve_interval: Duration,
+}
+
+impl Fleet {
+    fn apply(&self, set: &[(ServerSpec, Source)], removal: Removal) -> (usize, usize) {
+        let change = self.backends.replace(set, removal);
+        for b in &change.added {
+            self.start_server_tasks(b);
+        }
+        (change.added.len(), change.removed.len())
+    }
+
+    fn start_server_tasks(&self, b: &Arc<Backend>) {
+        tokio::spawn(health::run(b.clone(), self.health.clone()));
+        if b.needs_resolution() {
+            let b = b.clone();
+            let every = self.resolve_interval;
+            tokio::spawn(async move {
+                let retired = b.retired().clone();
+                loop {
+                    tokio::select! {
+                        () = retired.cancelled() => return,
+                        () = tokio::time::sleep(every) => {}
+                    }
+                    if let Err(e) = b.resolve().await {
+                        tracing::warn!(server = %b.name, error = %e,
+                            "re-resolution failed; keeping the last addresses");
+                    }
                 }
-                if let Err(e) = b.resolve().await {
-                    tracing::warn!(server = %b.name, error = %e,
-                        "re-resolution failed; keeping the last addresses");
-                }
-            }
-        });
+            });
+        }
     }
 }
 
-fn apply_servers(backends: &Backends, cfg: &Config, health: &Arc<HealthContext>) -> (usize, usize) {
-    let change = backends.replace(&cfg.servers);
-    for b in &change.added {
-        start_server_tasks(b, health, cfg.resolve_interval);
-    }
-    (change.added.len(), change.removed.len())
+fn seeds(cfg: &Config) -> Vec<(ServerSpec, Source)> {
+    cfg.servers
+        .iter()
+        .map(|s| (s.clone(), Source::Seed))
+        .collect()
 }
 
 pub async fn run(args: RunArgs, cfg: Config) -> anyhow::Result<()> {
@@ -66,21 +85,51 @@ pub async fn run(args: RunArgs, cfg: Config) -> anyhow::Result<()> {
         tls_server_name: cfg.health_tls_server_name.clone(),
     });
 
+    let mut inherited = socket::inherited();
     let mut listeners = Vec::new();
     for addr in &cfg.listen {
-        let l = socket::listen(*addr).with_context(|| {
+        let l = socket::take_or_listen(*addr, &mut inherited).with_context(|| {
             format!("--listen {addr}: cannot listen (is another proxy already on this port?)")
         })?;
         listeners.push(l);
     }
-    let admin_listener = socket::listen(cfg.admin_listen).with_context(|| {
-        format!(
-            "--admin-listen {}: cannot listen (choose another port)",
-            cfg.admin_listen
-        )
-    })?;
+    let admin_listener =
+        socket::take_or_listen(cfg.admin_listen, &mut inherited).with_context(|| {
+            format!(
+                "--admin-listen {}: cannot listen (choose another port)",
+                cfg.admin_listen
+            )
+        })?;
 
-    apply_servers(&backends, &cfg, &health);
+    for l in &inherited {
+        tracing::warn!(address = ?l.local_addr().ok(),
+            "inherited socket matches no --listen or --admin-listen address; ignored");
+    }
+    let fleet = Arc::new(Fleet {
+        backends: backends.clone(),
+        health,
+        resolve_interval: cfg.resolve_interval,
+    });
+    let discovery = cfg
+        .discovery
+        .clone()
+        .map(|d| Arc::new(Discovery::new(d, cfg.servers.clone(), metrics.clone())));
+    match &discovery {
+        Some(d) => fleet.apply(&d.effective(), Removal::Close),
+        None => fleet.apply(&seeds(&cfg), Removal::Close),
+    };
+    let discovery_stop = CancellationToken::new();
+    if let (Some(d), Some(settings)) = (&discovery, &cfg.discovery) {
+        let f = fleet.clone();
+        let grace = settings.removal_grace;
+        let apply: discovery::Apply = Arc::new(move |set: &[(ServerSpec, Source)]| {
+            f.apply(set, Removal::Drain(grace));
+        });
+        tokio::spawn(
+            d.clone()
+                .run(backends.clone(), apply, discovery_stop.clone()),
+        );
+    }
     let proxy = Arc::new(Proxy::new(
         backends.clone(),
         metrics.clone(),
@@ -99,6 +148,7 @@ pub async fn run(args: RunArgs, cfg: Config) -> anyhow::Result<()> {
         backends: backends.clone(),
         metrics: metrics.clone(),
         proxy: proxy.clone(),
+        discovery: discovery.clone(),
         started: SystemTime::now(),
     });
     let admin_stop = CancellationToken::new();
@@ -136,13 +186,14 @@ pub async fn run(args: RunArgs, cfg: Config) -> anyhow::Result<()> {
                 "config file changed"
             }
         };
-        reload(&args, &backends, &health, reload_cause);
+        reload(&args, &fleet, discovery.as_deref(), reload_cause);
     };
 
     let open = proxy.connections();
     tracing::info!(signal = signal_name, open_connections = open,
         grace = %humantime::format_duration(cfg.drain_grace), "stopping: draining connections");
     stop_accepting.cancel();
+    discovery_stop.cancel();
     let left = proxy.drain(cfg.drain_grace).await;
     if left > 0 {
         tracing::info!(
@@ -157,7 +208,7 @@ pub async fn run(args: RunArgs, cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn reload(args: &RunArgs, backends: &Backends, health: &Arc<HealthContext>, cause: &str) {
+fn reload(args: &RunArgs, fleet: &Fleet, discovery: Option<&Discovery>, cause: &str) {
     let cfg = match config::load(args) {
         Ok(c) => c,
         Err(e) => {
@@ -165,12 +216,16 @@ fn reload(args: &RunArgs, backends: &Backends, health: &Arc<HealthContext>, caus
             return;
         }
     };
-    let (added, removed) = apply_servers(backends, &cfg, health);
+    let set = match discovery {
+        Some(d) => d.set_seeds(cfg.servers.clone()),
+        None => seeds(&cfg),
+    };
+    let (added, removed) = fleet.apply(&set, Removal::Close);
     tracing::info!(
         cause,
         added,
         removed,
-        servers = ?cfg.servers.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        servers = ?set.iter().map(|(s, _)| s.to_string()).collect::<Vec<_>>(),
         pinned_by_flags = cfg.servers_from_flags,
         "reloaded the server list (other settings take effect on restart)"
     );

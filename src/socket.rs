@@ -20,11 +20,14 @@ pub const KEEPALIVE_RETRIES: u32 = 3;
 /// Data unacknowledged this long kills the connection.
 pub const USER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A listening socket with SO_REUSEADDR (a restarted apilb binds at once) and, for IPv6,
-/// IPV6_V6ONLY (127.0.0.1:6443 and [::1]:6443 are separate listeners).
+/// A listening socket with SO_REUSEADDR (a restarted apilb binds at once), SO_REUSEPORT (a
+/// new apilb can bind while the old one drains; only processes that also set it can share
+/// the port, so nginx still holding 6443 is a clear error) and, for IPv6, IPV6_V6ONLY
+/// (127.0.0.1:6443 and [::1]:6443 are separate listeners).
 pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
@@ -67,4 +70,80 @@ pub fn reset_on_close(s: &TcpStream) {
 /// Shuts down the write side (propagates a half-close).
 pub fn shutdown_write(s: &TcpStream) {
     let _ = SockRef::from(s).shutdown(std::net::Shutdown::Write);
+}
+
+/// Listening sockets passed by a supervisor (systemd socket activation: `LISTEN_FDS`
+/// descriptors from 3, for this process if `LISTEN_PID` says so or is unset). They outlive
+/// apilb, so a restart refuses no connection: new ones wait in the kernel's queue.
+pub fn inherited() -> Vec<std::net::TcpListener> {
+    use std::os::fd::FromRawFd;
+    let for_us = match std::env::var("LISTEN_PID") {
+        Ok(pid) => pid.trim() == std::process::id().to_string(),
+        Err(_) => true,
+    };
+    let n: i32 = match std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+    {
+        Some(n) if for_us && n > 0 => n,
+        _ => return Vec::new(),
+    };
+    let mut out = Vec::new();
+    for fd in 3..3 + n {
+        // SAFETY: the supervisor hands these descriptors to this process (sd_listen_fds
+        // protocol); each is taken once, here.
+        let sock = unsafe { Socket::from_raw_fd(fd) };
+        let is_listener =
+            sock.r#type().ok() == Some(Type::STREAM) && sock.is_listener().unwrap_or(false);
+        if !is_listener {
+            tracing::warn!(
+                fd,
+                "inherited descriptor is not a listening TCP socket; ignored"
+            );
+            std::mem::forget(sock);
+            continue;
+        }
+        let _ = sock.set_cloexec(true);
+        out.push(sock.into());
+    }
+    out
+}
+
+/// The listener for `addr`: an inherited socket bound there, or a new one.
+pub fn take_or_listen(
+    addr: SocketAddr,
+    inherited: &mut Vec<std::net::TcpListener>,
+) -> std::io::Result<TcpListener> {
+    if let Some(i) = inherited
+        .iter()
+        .position(|l| l.local_addr().ok() == Some(addr))
+    {
+        let l = inherited.swap_remove(i);
+        l.set_nonblocking(true)?;
+        tracing::info!(%addr, "serving on an inherited socket (socket activation)");
+        return TcpListener::from_std(l);
+    }
+    listen(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_second_instance_can_bind_while_the_first_drains() {
+        let first = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = first.local_addr().unwrap();
+        let second = listen(addr).expect("SO_REUSEPORT lets the new process bind");
+        drop(first);
+        let c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (_s, peer) = second.accept().await.unwrap();
+        assert_eq!(peer, c.local_addr().unwrap());
+    }
+
+    #[test]
+    fn a_port_held_without_reuseport_is_an_error() {
+        let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert!(listen(other.local_addr().unwrap()).is_err());
+    }
 }

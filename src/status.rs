@@ -72,10 +72,13 @@ pub fn render(s: &Status) -> String {
         "PING".into(),
         "READYZ".into(),
         "SINCE".into(),
+        "SOURCE".into(),
         "REASON".into(),
     ]];
     for v in &s.servers {
-        let state = if v.connect_failed && v.state == "ready" {
+        let state = if v.draining {
+            format!("{} (draining)", v.state)
+        } else if v.connect_failed && v.state == "ready" {
             "ready*".to_string()
         } else {
             v.state.clone()
@@ -89,10 +92,15 @@ pub fn render(s: &Status) -> String {
             v.since_seconds
                 .map(|s| humantime::format_duration(Duration::from_secs(s)).to_string() + " ago")
                 .unwrap_or_else(|| "-".into()),
+            if v.source.is_empty() {
+                "-".into()
+            } else {
+                v.source.clone()
+            },
             v.reason.clone(),
         ]);
     }
-    let widths: Vec<usize> = (0..7)
+    let widths: Vec<usize> = (0..8)
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
     let mut out = format!(
@@ -111,7 +119,7 @@ pub fn render(s: &Status) -> String {
             .iter()
             .enumerate()
             .map(|(i, c)| {
-                if i == 6 {
+                if i == 7 {
                     c.clone()
                 } else {
                     format!("{c:<w$}", w = widths[i])

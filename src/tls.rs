@@ -21,8 +21,50 @@ pub struct TlsError {
     pub message: String,
 }
 
-fn provider() -> Arc<CryptoProvider> {
+pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Parses every CERTIFICATE block of PEM `bytes` (`what` names them in errors).
+pub fn parse_certs(what: &str, bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(bytes)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{what}: invalid PEM: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("{what}: no CERTIFICATE block found"));
+    }
+    Ok(certs)
+}
+
+/// Parses the private key of PEM `bytes`.
+pub fn parse_key(what: &str, bytes: &[u8]) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_slice(bytes).map_err(|e| format!("{what}: no usable private key: {e}"))
+}
+
+/// A rustls client configuration trusting `roots`, presenting `client` if given.
+pub fn client_config_with(
+    roots: Vec<CertificateDer<'static>>,
+    client: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    alpn: &[&[u8]],
+) -> Result<Arc<ClientConfig>, String> {
+    let mut store = RootCertStore::empty();
+    for c in roots {
+        store
+            .add(c)
+            .map_err(|e| format!("not a usable CA certificate: {e}"))?;
+    }
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(store);
+    let mut config = match client {
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| format!("the client key does not fit its certificate: {e}"))?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
 }
 
 fn load_certs(flag: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {

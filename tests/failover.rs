@@ -17,6 +17,23 @@ fn three(pki: &Pki) -> [Standin; 3] {
     ]
 }
 
+/// apilb in front of `s`, all ready, with health checks slowed to a crawl (one per hour):
+/// whatever happens next is up to passive failover alone.
+fn without_active_checks(pki: &Pki, s: &[Standin; 3]) -> Apilb {
+    let lb = Apilb::start(
+        pki,
+        &[&s[0], &s[1], &s[2]],
+        &[
+            "--health-ping-interval",
+            "1h",
+            "--health-readyz-interval",
+            "1h",
+        ],
+    );
+    lb.wait_all_ready(&[&s[0], &s[1], &s[2]]);
+    lb
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spreads_new_connections_over_ready_servers() {
     let pki = Pki::new();
@@ -81,18 +98,8 @@ async fn blackholed_server_streams_closed_new_connections_succeed() {
 async fn blackhole_before_health_notices_is_saved_by_connect_racing() {
     let pki = Pki::new();
     let s = three(&pki);
-    // Health checks slowed to a crawl: only passive failover can save these connections.
-    let lb = Apilb::start(
-        &pki,
-        &[&s[0], &s[1], &s[2]],
-        &[
-            "--health-ping-interval",
-            "1h",
-            "--health-readyz-interval",
-            "1h",
-        ],
-    );
-    lb.wait_all_ready(&[&s[0], &s[1], &s[2]]);
+    // Only passive failover can save these connections.
+    let lb = without_active_checks(&pki, &s);
     let mark = lb.mark();
     let _hole = Blackhole::new(s[1].addr);
     let (ok, failed) = many_whoami(lb.listen, &pki, 20).await;
@@ -115,18 +122,8 @@ async fn blackhole_before_health_notices_is_saved_by_connect_racing() {
 async fn frozen_server_saved_by_first_byte_racing() {
     let pki = Pki::new();
     let s = three(&pki);
-    // Health checks slowed to a crawl: only first-byte racing can save these connections.
-    let lb = Apilb::start(
-        &pki,
-        &[&s[0], &s[1], &s[2]],
-        &[
-            "--health-ping-interval",
-            "1h",
-            "--health-readyz-interval",
-            "1h",
-        ],
-    );
-    lb.wait_all_ready(&[&s[0], &s[1], &s[2]]);
+    // Only first-byte racing can save these connections.
+    let lb = without_active_checks(&pki, &s);
     s[1].freeze();
     let (ok, failed) = many_whoami(lb.listen, &pki, 20).await;
     s[1].thaw();
@@ -267,4 +264,24 @@ async fn all_down_fails_fast_then_recovers() {
     lb.wait_state(mark, s[2].addr, "ready", Duration::from_secs(15));
     let (code, _) = lb.admin_get("/readyz").await;
     assert_eq!(code, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_only_server_is_checked_with_keepalive_readyz() {
+    let pki = Pki::new();
+    let mut s = Standin::start(&pki, [127, 0, 0, 2], "cp1");
+    s.http1_only = true;
+    s.restart();
+    let lb = Apilb::start(&pki, &[&s], &["--health-readyz-interval", "200ms"]);
+    lb.wait_all_ready(&[&s]);
+    let st = lb.status().await;
+    assert_eq!(st["servers"][0]["protocol"], "http/1.1");
+    let mark = lb.mark();
+    s.set_readyz(&pki, 500).await;
+    lb.wait_state(mark, s.addr, "not_ready", Duration::from_secs(10));
+    // Over HTTP/1.1 the readiness request is the liveness probe too.
+    let mark = lb.mark();
+    s.freeze();
+    lb.wait_state(mark, s.addr, "down", Duration::from_secs(15));
+    s.thaw();
 }

@@ -98,19 +98,85 @@ struct Args {
     /// PEM CA bundle; when given, clients must present a certificate signed by it.
     #[arg(long)]
     client_ca: Option<PathBuf>,
+    /// Serve the `kubernetes` EndpointSlice and Endpoints from DIR/endpointslice.json and
+    /// DIR/endpoints.json (re-read on each request; a missing file answers 404, a file
+    /// holding only a number answers that status).
+    #[arg(long, value_name = "DIR")]
+    api_dir: Option<PathBuf>,
+    /// Offer only HTTP/1.1 in ALPN (a server that does not negotiate h2).
+    #[arg(long)]
+    http1_only: bool,
 }
 
 /// State shared by all connections.
 struct Shared {
     name: Arc<str>,
     readyz: AtomicU16,
+    api_dir: Option<PathBuf>,
+    /// Who last read the API paths: client certificate fingerprint and Authorization.
+    last_api_client: std::sync::Mutex<String>,
 }
 
 /// Facts about one TLS connection, used by `/whoami`.
 #[derive(Clone, Copy)]
 struct ConnInfo {
     client_cert: bool,
+    /// FNV-1a of the client's leaf certificate (0 without one): tells certificates apart.
+    client_fp: u64,
     alpn: Option<&'static str>,
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Serves an API object from the `--api-dir` file, as the apiserver would.
+fn api_object(
+    shared: &Shared,
+    file: &str,
+    req: &Request<Incoming>,
+    info: ConnInfo,
+) -> Response<RespBody> {
+    let auth = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if let Ok(mut last) = shared.last_api_client.lock() {
+        *last = format!(
+            "{{\"client_fp\":{},\"authorization\":{}}}\n",
+            info.client_fp,
+            json_str(auth)
+        );
+    }
+    let Some(dir) = &shared.api_dir else {
+        return text(StatusCode::NOT_FOUND, "no --api-dir\n");
+    };
+    match std::fs::read_to_string(dir.join(file)) {
+        Err(_) => {
+            let mut r = json("{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"status\":\"Failure\",\"reason\":\"NotFound\",\"code\":404}\n".to_string());
+            *r.status_mut() = StatusCode::NOT_FOUND;
+            r
+        }
+        Ok(body) => match body
+            .trim()
+            .parse::<u16>()
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok())
+        {
+            Some(code) => {
+                let mut r = json(format!(
+                    "{{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"status\":\"Failure\",\"code\":{}}}\n",
+                    code.as_u16()
+                ));
+                *r.status_mut() = code;
+                r
+            }
+            None => json(body),
+        },
+    }
 }
 
 fn main() -> ExitCode {
@@ -157,6 +223,8 @@ async fn run(args: Args) -> Result<()> {
     let shared = Arc::new(Shared {
         name: Arc::from(args.name.as_str()),
         readyz: AtomicU16::new(200),
+        api_dir: args.api_dir.clone(),
+        last_api_client: std::sync::Mutex::new(String::new()),
     });
 
     loop {
@@ -227,7 +295,11 @@ fn tls_config(args: &Args) -> Result<ServerConfig> {
             args.key.display()
         )
     })?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = if args.http1_only {
+        vec![b"http/1.1".to_vec()]
+    } else {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    };
     Ok(config)
 }
 
@@ -291,6 +363,10 @@ async fn serve_tls(stream: TcpStream, acceptor: TlsAcceptor, shared: Arc<Shared>
         let conn = tls.get_ref().1;
         ConnInfo {
             client_cert: conn.peer_certificates().is_some_and(|c| !c.is_empty()),
+            client_fp: conn
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map_or(0, |c| fnv1a(c.as_ref())),
             alpn: match conn.alpn_protocol() {
                 Some(b"h2") => Some("h2"),
                 Some(b"http/1.1") => Some("http/1.1"),
@@ -357,12 +433,26 @@ fn route(req: Request<Incoming>, shared: &Shared, info: ConnInfo) -> Response<Re
             });
             // Built by hand to keep the documented key order.
             let body = format!(
-                "{{\"server\":{},\"client_cert\":{},\"alpn\":\"{alpn}\"}}\n",
+                "{{\"server\":{},\"client_cert\":{},\"alpn\":\"{alpn}\",\"client_fp\":{}}}\n",
                 json_str(&shared.name),
                 info.client_cert,
+                info.client_fp,
             );
             json(body)
         }
+        "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/kubernetes" => {
+            api_object(shared, "endpointslice.json", &req, info)
+        }
+        "/api/v1/namespaces/default/endpoints/kubernetes" => {
+            api_object(shared, "endpoints.json", &req, info)
+        }
+        "/-/last-api-client" => json(
+            shared
+                .last_api_client
+                .lock()
+                .map(|s| s.clone())
+                .unwrap_or_default(),
+        ),
         "/echo" => {
             let mut resp = Response::new(req.into_body().map_err(BoxError::from).boxed());
             resp.headers_mut().insert(

@@ -27,6 +27,7 @@ pub const STANDIN: &str = env!("CARGO_BIN_EXE_apilb-standin");
 pub const SERVER_NAME: &str = "kubernetes";
 
 pub struct Pki {
+    issuer: Option<rcgen::Issuer<'static, rcgen::KeyPair>>,
     pub dir: tempfile::TempDir,
     pub ca: PathBuf,
     pub cert: PathBuf,
@@ -73,12 +74,37 @@ impl Pki {
             p
         };
         Pki {
+            issuer: Some(issuer),
             ca: w("ca.crt", ca.pem()),
             cert: w("apiserver.crt", cert.pem()),
             key: w("apiserver.key", key.serialize_pem()),
             client_cert: w("client.crt", ccert.pem()),
             client_key: w("client.key", ckey.serialize_pem()),
             dir,
+        }
+    }
+
+    /// A new client certificate and key (PEM) for `cn`, signed by the CA.
+    pub fn issue_client(&self, cn: &str) -> (String, String) {
+        use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = p.signed_by(&key, self.issuer.as_ref().unwrap()).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// A copy that shares the files (for moving into a task).
+    pub fn share(&self) -> Pki {
+        Pki {
+            issuer: None,
+            dir: tempfile::tempdir().unwrap(),
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            client_cert: self.client_cert.clone(),
+            client_key: self.client_key.clone(),
         }
     }
 
@@ -108,6 +134,31 @@ impl Pki {
     }
 }
 
+/// A port free on every one of `ips` (control planes share the apiserver port).
+pub fn free_port_on_all(ips: &[[u8; 4]]) -> u16 {
+    for _ in 0..50 {
+        let port = free_port(ips[0]).port();
+        if ips
+            .iter()
+            .all(|ip| TcpListener::bind(SocketAddr::from((*ip, port))).is_ok())
+        {
+            return port;
+        }
+    }
+    panic!("no port free on all of {ips:?}");
+}
+
+/// FNV-1a of the first certificate in a PEM text: how the stand-in names client certs.
+pub fn cert_fp(pem: &str) -> u64 {
+    let der = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()
+        .unwrap()
+        .unwrap();
+    der.as_ref().iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// A free TCP port on `ip` (bound and released; the OS will not hand it out again soon).
 pub fn free_port(ip: [u8; 4]) -> SocketAddr {
     let l = TcpListener::bind(SocketAddr::from((ip, 0))).unwrap();
@@ -119,6 +170,8 @@ pub struct Standin {
     pub addr: SocketAddr,
     pub name: String,
     client_ca: bool,
+    api_dir: Option<PathBuf>,
+    pub http1_only: bool,
     certs: (PathBuf, PathBuf, PathBuf),
 }
 
@@ -128,11 +181,24 @@ impl Standin {
     }
 
     pub fn start_opts(pki: &Pki, addr: SocketAddr, name: &str, client_ca: bool) -> Standin {
+        Self::start_api(pki, addr, name, client_ca, None)
+    }
+
+    /// Also serves the `kubernetes` EndpointSlice/Endpoints from files in `api_dir`.
+    pub fn start_api(
+        pki: &Pki,
+        addr: SocketAddr,
+        name: &str,
+        client_ca: bool,
+        api_dir: Option<&std::path::Path>,
+    ) -> Standin {
         let mut s = Standin {
             child: None,
             addr,
             name: name.to_string(),
             client_ca,
+            api_dir: api_dir.map(|p| p.to_path_buf()),
+            http1_only: false,
             certs: (pki.cert.clone(), pki.key.clone(), pki.ca.clone()),
         };
         s.restart();
@@ -153,6 +219,12 @@ impl Standin {
             .arg(&self.name);
         if self.client_ca {
             cmd.arg("--client-ca").arg(&self.certs.2);
+        }
+        if let Some(d) = &self.api_dir {
+            cmd.arg("--api-dir").arg(d);
+        }
+        if self.http1_only {
+            cmd.arg("--http1-only");
         }
         let mut child = cmd
             .stdout(Stdio::piped())
@@ -221,6 +293,7 @@ pub struct Apilb {
     logs: Arc<Lines>,
     pub config: Option<PathBuf>,
     _dir: Option<tempfile::TempDir>,
+    reaped: bool,
 }
 
 impl Apilb {
@@ -248,9 +321,11 @@ impl Apilb {
             admin.to_string(),
             "--log-format".into(),
             "json".into(),
-            "--log-level".into(),
-            "debug".into(),
         ];
+        if !args.iter().any(|a| a == "--log-level") {
+            full.push("--log-level".into());
+            full.push("debug".into());
+        }
         full.append(&mut args);
         let mut child = Command::new(APILB)
             .args(&full)
@@ -279,6 +354,7 @@ impl Apilb {
             logs,
             config,
             _dir: None,
+            reaped: false,
         };
         a.wait_log(Duration::from_secs(10), |v| v["message"] == "apilb started");
         a
@@ -352,17 +428,19 @@ impl Apilb {
         assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0);
     }
 
-    /// Waits for the process to exit; returns its exit code.
+    /// Waits for the process to exit (a thread blocks in waitpid); returns its exit code.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st.code();
-            }
-            assert!(Instant::now() < deadline, "apilb did not exit");
-            // No event to await on a child's exit from std without blocking forever.
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let pid = self.pid();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut status = 0;
+            let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+            let _ = tx.send((r, status));
+        });
+        let (r, status) = rx.recv_timeout(timeout).expect("apilb did not exit");
+        assert_eq!(r, pid);
+        self.reaped = true;
+        libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status))
     }
 
     pub async fn admin_get(&self, path: &str) -> (u16, String) {
@@ -386,6 +464,9 @@ impl Apilb {
 
 impl Drop for Apilb {
     fn drop(&mut self) {
+        if self.reaped {
+            return;
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

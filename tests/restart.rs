@@ -1,0 +1,132 @@
+//! Restarts that refuse no one: with socket activation (the supervisor holds the listening
+//! socket and passes it as LISTEN_FDS), apilb can be stopped and started again — a
+//! `systemctl restart` or a binary upgrade — while clients connect in a loop, and not one
+//! connection attempt is refused.
+
+mod common;
+
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+
+/// Starts `apilb run` the way systemd does with `apilb.socket`: the listening socket as
+/// descriptor 3, LISTEN_FDS=1, LISTEN_PID = the new process.
+fn activated(listener: &std::net::TcpListener, args: &[String]) -> Child {
+    let fd = listener.as_raw_fd();
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg("LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" \"$@\"")
+        .arg(APILB)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let flags = libc::fcntl(3, libc::F_GETFD);
+            libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+            Ok(())
+        });
+    }
+    cmd.spawn().unwrap()
+}
+
+fn wait_line(child: &mut Child, needle: &str) -> std::io::BufReader<std::process::ChildStderr> {
+    use std::io::BufRead;
+    let mut r = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            r.read_line(&mut line).unwrap() > 0,
+            "apilb exited before: {needle}"
+        );
+        if line.contains(needle) {
+            return r;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_with_an_inherited_socket_refuses_no_connection() {
+    let pki = Pki::new();
+    let s = Standin::start(&pki, [127, 0, 0, 2], "cp1");
+    // The supervisor's socket.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let admin = free_port([127, 0, 0, 1]);
+    let args: Vec<String> = [
+        "run",
+        "--listen",
+        &addr.to_string(),
+        "--admin-listen",
+        &admin.to_string(),
+        "--server",
+        &s.addr.to_string(),
+        "--ca-file",
+        pki.ca.to_str().unwrap(),
+        "--drain-grace",
+        "200ms",
+        "--log-format",
+        "json",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+
+    let mut first = activated(&listener, &args);
+    let log1 = wait_line(&mut first, "inherited socket");
+    // Clients connect in a loop across the restart.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (count_tx, mut count) = tokio::sync::watch::channel(0u32);
+    let (ok, failed) = {
+        let stopped = stop.clone();
+        let pki = pki.share();
+        let client = tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stopped.load(Ordering::Relaxed) {
+                match tokio::time::timeout(Duration::from_secs(10), whoami(addr, &pki)).await {
+                    Ok(Ok(_)) => ok += 1,
+                    Ok(Err(e)) => failed.push(e.to_string()),
+                    Err(_) => failed.push("timed out".into()),
+                }
+                let _ = count_tx.send(ok);
+            }
+            (ok, failed)
+        });
+        // Some succeed, then the restart.
+        count.wait_for(|c| *c >= 5).await.unwrap();
+        unsafe { libc::kill(first.id() as i32, libc::SIGTERM) };
+        let status = tokio::task::spawn_blocking(move || first.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(status.success());
+        drop(log1);
+        let mut second = activated(&listener, &args);
+        let _log2 = wait_line(&mut second, "server state changed");
+        // Some more through the new process, then stop.
+        let before = *count.borrow();
+        count.wait_for(|c| *c >= before + 5).await.unwrap();
+        stop.store(true, Ordering::Relaxed);
+        let r = client.await.unwrap();
+        let _ = second.kill();
+        let _ = second.wait();
+        r
+    };
+    assert!(
+        failed.is_empty(),
+        "{} of {} attempts failed: {failed:?}",
+        failed.len(),
+        ok as usize + failed.len()
+    );
+    assert!(ok > 5, "only {ok} requests made");
+}
