@@ -672,6 +672,37 @@ mod tests {
     }
 
     #[test]
+    fn manifest_warns_about_key_permissions_and_low_ports() {
+        let key = [
+            "--server",
+            "10.0.0.1:6443",
+            "--health-client-cert",
+            "/c.pem",
+            "--health-client-key",
+            "/k.pem",
+        ];
+        let p = plan(&margs(&key), nowhere()).unwrap();
+        assert_eq!(p.warnings.len(), 1, "{:?}", p.warnings);
+        assert!(p.warnings[0].contains("uid 65532") && p.warnings[0].contains("--systemd"));
+        let mut systemd = key.to_vec();
+        systemd.push("--systemd");
+        assert!(plan(&margs(&systemd), nowhere())
+            .unwrap()
+            .warnings
+            .is_empty());
+        let p = plan(
+            &margs(&["--server", "10.0.0.1:6443", "--listen", "127.0.0.1:443"]),
+            nowhere(),
+        )
+        .unwrap();
+        assert!(
+            p.warnings.len() == 1 && p.warnings[0].contains("CAP_NET_BIND_SERVICE"),
+            "{:?}",
+            p.warnings
+        );
+    }
+
+    #[test]
     fn manifest_invalid_input_names_the_flag() {
         let e = plan(&margs(&["--server", "cp1"]), nowhere()).unwrap_err();
         assert!(e.to_string().starts_with("--server:"), "{e}");

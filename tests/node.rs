@@ -174,6 +174,123 @@ fn manifest_systemd_unit_passes_systemd_analyze_verify() {
     );
 }
 
+/// Polls an admin path the way the kubelet's httpGet probe does, until `want` or `timeout`.
+async fn probe_until(addr: &str, path: &str, want: u16, timeout: std::time::Duration) -> u16 {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let got = match tokio::net::TcpStream::connect(addr).await {
+            Ok(mut s) => {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+                let mut out = Vec::new();
+                match s.write_all(req.as_bytes()).await {
+                    Ok(()) => {
+                        let _ = s.read_to_end(&mut out).await;
+                        parse_response(&out).0
+                    }
+                    Err(_) => 0,
+                }
+            }
+            Err(_) => 0,
+        };
+        if got == want || std::time::Instant::now() >= deadline {
+            return got;
+        }
+        // A probe has no event to wait on: the kubelet polls too.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Kills the child on drop.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `apilb run` accepts exactly the arguments the static pod and the unit carry, and the
+/// pod's probes get the answers the kubelet needs: /healthz 200, /readyz 200 once a control
+/// plane is ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifest_arguments_run_and_the_probes_answer() {
+    let pki = Pki::new();
+    let s = Standin::start(&pki, [127, 0, 0, 2], "cp1");
+    let ca = pki.ca.display().to_string();
+    for systemd in [false, true] {
+        let listen = free_port([127, 0, 0, 1]).to_string();
+        let admin = free_port([127, 0, 0, 1]).to_string();
+        let server = s.addr.to_string();
+        let mut args = vec![
+            "manifest",
+            "--server",
+            &server,
+            "--listen",
+            &listen,
+            "--admin-listen",
+            &admin,
+            "--ca-file",
+            &ca,
+        ];
+        if systemd {
+            args.push("--systemd");
+        }
+        let out = apilb(&args);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let rendered = text(&out.stdout);
+        let (run_args, probe_host) = if systemd {
+            // ExecStart=BINARY \ args…, with %d/NAME standing for the credential copies.
+            let exec = rendered
+                .split("ExecStart=")
+                .nth(1)
+                .and_then(|r| r.split("\nExecReload").next())
+                .unwrap();
+            let words: Vec<String> = exec
+                .split_whitespace()
+                .filter(|w| *w != "\\")
+                .skip(1)
+                .map(|w| w.replace("%d/ca.crt", &ca))
+                .collect();
+            (
+                words,
+                format!("127.0.0.1:{}", admin.rsplit(':').next().unwrap()),
+            )
+        } else {
+            let pod: yaml_serde::Value = yaml_serde::from_str(&rendered).unwrap();
+            let get = &pod["spec"]["containers"][0]["readinessProbe"]["httpGet"];
+            let host = format!(
+                "{}:{}",
+                get["host"].as_str().unwrap(),
+                get["port"].as_u64().unwrap()
+            );
+            (pod_args(&out), host)
+        };
+        assert_eq!(run_args[0], "run");
+        let child = Child(
+            Command::new(APILB)
+                .args(&run_args)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let t = std::time::Duration::from_secs(15);
+        assert_eq!(
+            probe_until(&probe_host, "/healthz", 200, t).await,
+            200,
+            "systemd={systemd}"
+        );
+        assert_eq!(
+            probe_until(&probe_host, "/readyz", 200, t).await,
+            200,
+            "systemd={systemd}"
+        );
+        drop(child);
+    }
+}
+
 fn pod_args(out: &Output) -> Vec<String> {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let pod: yaml_serde::Value = yaml_serde::from_str(&text(&out.stdout)).unwrap();
