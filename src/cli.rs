@@ -310,6 +310,21 @@ pub struct ManifestArgs {
     /// Path of the apilb binary in the systemd unit. [default: /usr/local/bin/apilb]
     #[arg(long, value_name = "PATH")]
     pub binary: Option<PathBuf>,
+
+    /// Follow the cluster's own list of control planes, reading it with this kubeconfig on
+    /// the node (e.g. /etc/kubernetes/kubelet.conf). apilb then runs as root without any
+    /// capability, to read the kubelet's root-only key.
+    #[arg(long, value_name = "FILE")]
+    pub discovery_kubeconfig: Option<PathBuf>,
+
+    /// Directory holding the client certificate that kubeconfig names, mounted read-only
+    /// (kubelet rotates it in place). [default: /var/lib/kubelet/pki]
+    #[arg(long, value_name = "DIR", requires = "discovery_kubeconfig")]
+    pub discovery_cert_dir: Option<PathBuf>,
+
+    /// Where the last discovered set is kept on the node. [default: /var/lib/apilb]
+    #[arg(long, value_name = "DIR", requires = "discovery_kubeconfig")]
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

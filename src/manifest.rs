@@ -55,6 +55,16 @@ pub const KUBESPRAY_CA: &str = "/etc/kubernetes/ssl/ca.crt";
 pub const DEFAULT_BINARY: &str = "/usr/local/bin/apilb";
 /// The uid and gid apilb runs as in the image and the static pod (distroless "nonroot").
 pub const UID: u32 = 65532;
+/// Where kubeadm's kubelet keeps its (rotated) client certificate.
+pub const KUBELET_PKI: &str = "/var/lib/kubelet/pki";
+
+/// Discovery's files on the node.
+#[derive(Debug, Clone)]
+pub struct DiscoveryPlan {
+    pub kubeconfig: PathBuf,
+    pub cert_dir: PathBuf,
+    pub state_dir: PathBuf,
+}
 
 /// Everything that can go wrong; all of it is bad input (exit code 2).
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +89,8 @@ pub struct Plan {
     pub binary: PathBuf,
     /// Where the servers came from, when not from --server.
     pub source: Option<LocalProxy>,
+    /// Control-plane discovery, when asked for.
+    pub discovery: Option<DiscoveryPlan>,
     /// Warnings for standard error.
     pub warnings: Vec<String>,
 }
@@ -143,13 +155,32 @@ pub fn plan(a: &ManifestArgs, kubespray_defaults: (&Path, &Path)) -> Result<Plan
         health_client_cert: a.health_client_cert.clone(),
         health_client_key: a.health_client_key.clone(),
         admin_listen: a.admin_listen.clone(),
+        discovery_kubeconfig: a.discovery_kubeconfig.clone(),
+        state_dir: a.state_dir.clone(),
         ..RunArgs::default()
     };
     let cfg = config::resolve(&run, FileConfig::default())?;
+    let discovery = cfg.discovery.as_ref().map(|d| DiscoveryPlan {
+        kubeconfig: d.kubeconfig.clone(),
+        cert_dir: a
+            .discovery_cert_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(KUBELET_PKI)),
+        state_dir: d.state_dir.clone(),
+    });
     for (flag, p) in [
         ("--ca-file", Some(&ca_file)),
         ("--health-client-cert", a.health_client_cert.as_ref()),
         ("--health-client-key", a.health_client_key.as_ref()),
+        (
+            "--discovery-kubeconfig",
+            discovery.as_ref().map(|d| &d.kubeconfig),
+        ),
+        (
+            "--discovery-cert-dir",
+            discovery.as_ref().map(|d| &d.cert_dir),
+        ),
+        ("--state-dir", discovery.as_ref().map(|d| &d.state_dir)),
     ] {
         if let Some(p) = p {
             check_path(flag, p)?;
@@ -174,7 +205,16 @@ pub fn plan(a: &ManifestArgs, kubespray_defaults: (&Path, &Path)) -> Result<Plan
              net.ipv4.ip_unprivileged_port_start allows it"
         ));
     }
-    if cfg.health_client_key.is_some() && !a.systemd {
+    if discovery.is_some() {
+        warnings.push(
+            "--discovery-kubeconfig: to read the kubelet's root-only client key, apilb runs as \
+             uid 0 with every capability dropped (a root-owned 0600 file is readable by its \
+             owner without CAP_DAC_OVERRIDE); the kubelet's certificate directory is mounted \
+             read-only"
+                .to_string(),
+        );
+    }
+    if cfg.health_client_key.is_some() && !a.systemd && discovery.is_none() {
         warnings.push(format!(
             "--health-client-key: the static pod runs as uid {UID}, so the key file on the node \
              must be readable by that uid (a root-only 0600 key is not). Copy it and `chown \
@@ -194,6 +234,7 @@ pub fn plan(a: &ManifestArgs, kubespray_defaults: (&Path, &Path)) -> Result<Plan
             .clone()
             .unwrap_or_else(|| PathBuf::from(DEFAULT_BINARY)),
         source,
+        discovery,
         warnings,
     })
 }
@@ -249,6 +290,13 @@ fn run_args<'p>(
         ));
     }
     args.push(format!("--admin-listen={}", plan.admin_listen));
+    if let Some(d) = &plan.discovery {
+        args.push(format!(
+            "--discovery-kubeconfig={}",
+            path_str(&d.kubeconfig)
+        ));
+        args.push(format!("--state-dir={}", path_str(&d.state_dir)));
+    }
     args
 }
 
@@ -315,28 +363,42 @@ pub fn static_pod(plan: &Plan, command: &str) -> String {
             }
         }
     }
-    let mounts = files
+    // (name, host path, hostPath type, read-only)
+    let mut host: Vec<(&str, &Path, &str, bool)> =
+        files.iter().map(|(n, p)| (*n, *p, "File", true)).collect();
+    if let Some(d) = &plan.discovery {
+        host.push(("discovery-kubeconfig", &d.kubeconfig, "File", true));
+        host.push(("kubelet-pki", &d.cert_dir, "Directory", true));
+        host.push(("state", &d.state_dir, "DirectoryOrCreate", false));
+    }
+    let mounts = host
         .iter()
-        .map(|(name, p)| {
+        .map(|(name, p, _, ro)| {
             map(vec![
                 ("name", s(*name)),
                 ("mountPath", s(path_str(p))),
-                ("readOnly", Value::Bool(true)),
+                ("readOnly", Value::Bool(*ro)),
             ])
         })
         .collect();
-    let volumes = files
+    let volumes = host
         .iter()
-        .map(|(name, p)| {
+        .map(|(name, p, kind, _)| {
             map(vec![
                 ("name", s(*name)),
                 (
                     "hostPath",
-                    map(vec![("path", s(path_str(p))), ("type", s("File"))]),
+                    map(vec![("path", s(path_str(p))), ("type", s(*kind))]),
                 ),
             ])
         })
         .collect();
+    // Discovery reads the kubelet's root-only key: uid 0, but still without any capability.
+    let uid: u64 = if plan.discovery.is_some() {
+        0
+    } else {
+        UID.into()
+    };
     let args = run_args(plan, |_, p| path_str(p))
         .into_iter()
         .map(s)
@@ -395,9 +457,9 @@ pub fn static_pod(plan: &Plan, command: &str) -> String {
                 (
                     "securityContext",
                     map(vec![
-                        ("runAsNonRoot", Value::Bool(true)),
-                        ("runAsUser", n(UID.into())),
-                        ("runAsGroup", n(UID.into())),
+                        ("runAsNonRoot", Value::Bool(uid != 0)),
+                        ("runAsUser", n(uid)),
+                        ("runAsGroup", n(uid)),
                         ("seccompProfile", map(vec![("type", s("RuntimeDefault"))])),
                     ]),
                 ),
@@ -534,6 +596,15 @@ pub fn systemd_unit(plan: &Plan, command: &str) -> String {
          [Install]\n\
          WantedBy=multi-user.target kubelet.service k3s-agent.service\n",
     );
+    if plan.discovery.is_some() {
+        // The kubelet's client key is root-only and rotates in place: read it as its owner
+        // (uid 0) with an empty capability set, rather than a copy that would go stale.
+        out = out.replace(
+            "DynamicUser=yes\n",
+            "# Discovery reads the kubelet's root-only, rotating key: uid 0, no capability.\n\
+             User=root\n",
+        );
+    }
     out
 }
 
@@ -583,6 +654,84 @@ mod tests {
         let text = static_pod(&p, "apilb manifest");
         let doc = yaml_serde::from_str(&text).unwrap();
         (text, doc)
+    }
+
+    #[test]
+    fn manifest_with_discovery_mounts_the_node_credentials_and_state() {
+        let (_, pod) = pod_of(&[
+            "--server",
+            "10.0.0.1:6443",
+            "--discovery-kubeconfig",
+            "/etc/kubernetes/kubelet.conf",
+        ]);
+        let spec = &pod["spec"];
+        let c = &spec["containers"][0];
+        let args: Vec<&str> = c["args"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert!(args.contains(&"--discovery-kubeconfig=/etc/kubernetes/kubelet.conf"));
+        assert!(args.contains(&"--state-dir=/var/lib/apilb"));
+        let vols = spec["volumes"].as_sequence().unwrap();
+        let vol = |path: &str| {
+            vols.iter()
+                .find(|v| v["hostPath"]["path"] == path)
+                .unwrap_or_else(|| panic!("no volume for {path}"))
+        };
+        assert_eq!(
+            vol("/etc/kubernetes/kubelet.conf")["hostPath"]["type"],
+            "File"
+        );
+        assert_eq!(vol("/var/lib/kubelet/pki")["hostPath"]["type"], "Directory");
+        assert_eq!(
+            vol("/var/lib/apilb")["hostPath"]["type"],
+            "DirectoryOrCreate"
+        );
+        let mounts = c["volumeMounts"].as_sequence().unwrap();
+        let ro = |path: &str| {
+            mounts.iter().find(|m| m["mountPath"] == path).unwrap()["readOnly"]
+                .as_bool()
+                .unwrap()
+        };
+        assert!(ro("/etc/kubernetes/kubelet.conf"));
+        assert!(ro("/var/lib/kubelet/pki"));
+        assert!(!ro("/var/lib/apilb"));
+        // Root to read the kubelet's 0600 key, but with no capability at all.
+        assert_eq!(spec["securityContext"]["runAsUser"], 0);
+        assert_eq!(spec["securityContext"]["runAsNonRoot"], false);
+        assert_eq!(c["securityContext"]["capabilities"]["drop"][0], "ALL");
+        assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+        assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+
+        let p = plan(
+            &margs(&[
+                "--server",
+                "10.0.0.1:6443",
+                "--systemd",
+                "--discovery-kubeconfig",
+                "/etc/kubernetes/kubelet.conf",
+            ]),
+            nowhere(),
+        )
+        .unwrap();
+        let unit = systemd_unit(&p, "apilb manifest --systemd");
+        assert!(unit.contains("User=root\n"));
+        assert!(!unit.contains("DynamicUser=yes"));
+        assert!(unit.contains("CapabilityBoundingSet=\n"));
+        assert!(unit.contains("--discovery-kubeconfig=/etc/kubernetes/kubelet.conf"));
+        let e = plan(
+            &margs(&[
+                "--server",
+                "10.0.0.1:6443",
+                "--discovery-kubeconfig",
+                "kubelet.conf",
+            ]),
+            nowhere(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("--discovery-kubeconfig"), "{e}");
     }
 
     #[test]

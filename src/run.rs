@@ -71,7 +71,42 @@ fn seeds(cfg: &Config) -> Vec<(ServerSpec, Source)> {
         .collect()
 }
 
+/// Raises the soft descriptor limit to the hard one (a container's soft limit is often
+/// 1024) and warns when it cannot hold `--max-connections` (two descriptors each).
+fn raise_nofile_limit(max_connections: usize) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write to / read from a valid rlimit struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim = raised;
+        }
+    }
+    let need = (max_connections as u64)
+        .saturating_mul(2)
+        .saturating_add(64);
+    if lim.rlim_cur < need {
+        tracing::warn!(
+            limit = lim.rlim_cur,
+            max_connections,
+            needed = need,
+            "the open-file limit cannot hold --max-connections; new connections beyond it are \
+             closed. Raise LimitNOFILE (systemd) or the container runtime's limit"
+        );
+    }
+}
+
 pub async fn run(args: RunArgs, cfg: Config) -> anyhow::Result<()> {
+    raise_nofile_limit(cfg.max_connections);
     let tls = crate::tls::client_config(&cfg)?;
     let metrics = Arc::new(Metrics::new());
     // Cancelled only at the very end: closes every connection still open after the drain.
