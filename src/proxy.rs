@@ -130,7 +130,7 @@ impl Proxy {
             self.race,
             &self.metrics,
         ));
-        let est = match establishing.await {
+        let mut est = match establishing.await {
             Ok(est) => est,
             Err(e) => {
                 use connect::EstablishError as E;
@@ -154,13 +154,17 @@ impl Proxy {
             }
         };
         let backend = est.upstream.backend().clone();
-        let server = &est.upstream.stream;
         tracing::debug!(client = %peer, server = %backend.name, "proxying");
         let m = &backend.metrics;
-        if copy::write_all(&client, &est.first_bytes).await.is_err() {
+        // The server's first bytes (a TLS ServerHello and certificates: kilobytes) are
+        // freed once written, not kept for the connection's life.
+        let first = std::mem::take(&mut est.first_bytes);
+        if copy::write_all(&client, &first).await.is_err() {
             return;
         }
-        m.bytes_to_client.inc_by(est.first_bytes.len() as u64);
+        m.bytes_to_client.inc_by(first.len() as u64);
+        drop(first);
+        let server = &est.upstream.stream;
         tokio::select! {
             r = copy::bidirectional(&client, server, &m.bytes_to_server, &m.bytes_to_client) => {
                 match r {
