@@ -118,7 +118,7 @@ impl Proxy {
         }
     }
 
-    pub(crate) async fn handle(self: Arc<Self>, client: TcpStream, peer: SocketAddr) {
+    pub(crate) async fn handle(self: Arc<Self>, mut client: TcpStream, peer: SocketAddr) {
         socket::tune_client(&client);
         let plan = balance::plan(&self.backends.snapshot());
         self.note_panic_mode(plan.panic);
@@ -164,9 +164,9 @@ impl Proxy {
         }
         m.bytes_to_client.inc_by(first.len() as u64);
         drop(first);
-        let server = &est.upstream.stream;
+        let server = &mut est.upstream.stream;
         tokio::select! {
-            r = copy::bidirectional(&client, server, &m.bytes_to_server, &m.bytes_to_client) => {
+            r = copy::bidirectional(&mut client, server, &m.bytes_to_server, &m.bytes_to_client) => {
                 match r {
                     Ok((up, down)) => tracing::debug!(client = %peer, server = %backend.name,
                         bytes_to_server = up, bytes_to_client = down, "connection closed"),
