@@ -9,7 +9,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-COLORS = {"kill": "tab:red", "blackhole": "tab:purple", "freeze": "tab:blue", "not_ready": "tab:orange"}
+COLORS = {"kill": "tab:red", "blackhole": "tab:purple", "freeze": "tab:blue", "stall": "tab:cyan",
+          "not_ready": "tab:orange"}
 
 
 def main(src, dst):
@@ -58,7 +59,7 @@ def main(src, dst):
     ax3.invert_yaxis()
     ax3.set_xlabel("seconds")
     handles = [matplotlib.patches.Patch(color=c, label=k) for k, c in COLORS.items()]
-    ax3.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.45), ncol=4, fontsize=8)
+    ax3.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.45), ncol=5, fontsize=8)
     ax3.set_title("faults", fontsize=9)
     fig.tight_layout()
     fig.savefig(dst, dpi=90)

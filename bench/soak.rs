@@ -4,12 +4,15 @@
 //! kept-alive small requests over HTTP/1.1 and HTTP/2, long watch streams, uploads echoed
 //! back and downloads, every byte verified, new connections — while a seeded, reproducible
 //! fault schedule kills (then restarts), blackholes (iptables DROP in a chain of our own),
-//! marks not ready (/readyz 500) and freezes (SIGSTOP) servers and restores them, never
-//! more than two at a time. apilb's RSS and descriptors are sampled every second.
+//! marks not ready (/readyz 500), freezes (SIGSTOP for seconds) and stalls (SIGSTOP for
+//! under a second, which connections must ride out) servers and restores them, never more
+//! than two at a time. apilb's RSS and descriptors are sampled every second.
 //!
 //! Afterwards every client-visible failure is classified against the fault log: a failure on
 //! a connection that was pinned to a server at the instant that server was killed, frozen or
 //! blackholed is one no L4 proxy can save; anything else is counted apart, with examples.
+//! apilb's own verdicts are checked too: how fast it noticed each fault and took the server
+//! back, state changes no fault explains, new connections sent to servers it held down.
 //! apilb's own debug log says which server each client connection went to, so even a
 //! connection that failed before its first answer is attributed.
 //!
@@ -57,7 +60,7 @@ const FAILOVER_TARGET: f64 = 3.0;
 /// Descriptors apilb may hold at the end above the start (after traffic and faults stop).
 const FD_MARGIN: i64 = 4;
 /// RSS growth allowed from the middle third to the last third of the run.
-const RSS_MARGIN_KIB: i64 = 8 * 1024;
+const RSS_MARGIN_KIB: i64 = 2 * 1024;
 const RSS_MARGIN_FRACTION: f64 = 0.10;
 /// Interval of the watch streams' events.
 const WATCH_INTERVAL_MS: u64 = 100;
@@ -130,6 +133,8 @@ enum Kind {
     Blackhole,
     NotReady,
     Freeze,
+    /// A sub-second SIGSTOP (a GC pause, a VM hiccup): connections must ride it out.
+    Stall,
 }
 
 impl Kind {
@@ -139,11 +144,12 @@ impl Kind {
             Kind::Blackhole => "blackhole",
             Kind::NotReady => "not_ready",
             Kind::Freeze => "freeze",
+            Kind::Stall => "stall",
         }
     }
     /// Kills, freezes and blackholes leave the server's connections dead in the water.
     fn hard(self) -> bool {
-        self != Kind::NotReady
+        matches!(self, Kind::Kill | Kind::Blackhole | Kind::Freeze)
     }
 }
 
@@ -161,8 +167,8 @@ struct Fault {
 }
 
 /// Seeded and reproducible: a fault starts every 1–5 s on a server that is not already
-/// faulted or recovering, as long as at most one other is; each lasts 4–12 s; kinds come
-/// from a shuffled bag so every kind shows up early. Nothing in the first 5 s, and every
+/// faulted or recovering, as long as at most one other is; each lasts 4–12 s (a stall
+/// 0.2–1 s); kinds come from a shuffled bag so every kind shows up early. Nothing in the first 5 s, and every
 /// fault is lifted 5 s before the end.
 fn schedule(seed: u64, seconds: f64) -> Vec<Fault> {
     let mut rng = StdRng::seed_from_u64(seed);
@@ -186,11 +192,21 @@ fn schedule(seed: u64, seconds: f64) -> Vec<Fault> {
         }
         let server = free[rng.random_range(0..free.len())];
         if bag.is_empty() {
-            bag = vec![Kind::Kill, Kind::Blackhole, Kind::NotReady, Kind::Freeze];
+            bag = vec![
+                Kind::Kill,
+                Kind::Blackhole,
+                Kind::NotReady,
+                Kind::Freeze,
+                Kind::Stall,
+            ];
             bag.shuffle(&mut rng);
         }
         let kind = bag.pop().unwrap();
-        let dur = rng.random_range(4.0..12.0f64).min(quiet_from - t);
+        let dur = if kind == Kind::Stall {
+            rng.random_range(0.2..1.0f64)
+        } else {
+            rng.random_range(4.0..12.0f64).min(quiet_from - t)
+        };
         faulted_until[server] = t + dur;
         busy_until[server] = t + dur + 3.0;
         faults.push(Fault {
@@ -1292,7 +1308,7 @@ impl Servers {
                 Ok(())
             }
             Kind::NotReady => self.set_readyz(i, 500).await,
-            Kind::Freeze => {
+            Kind::Freeze | Kind::Stall => {
                 self.signal(i, libc::SIGSTOP)?;
                 self.frozen.lock().unwrap()[i] = true;
                 Ok(())
@@ -1310,7 +1326,7 @@ impl Servers {
                 Ok(())
             }
             Kind::NotReady => self.set_readyz(i, 200).await,
-            Kind::Freeze => {
+            Kind::Freeze | Kind::Stall => {
                 self.frozen.lock().unwrap()[i] = false;
                 self.signal(i, libc::SIGCONT)
             }
@@ -1809,9 +1825,26 @@ fn analyse(
     let mut recover: HashMap<&'static str, Vec<f32>> = HashMap::new();
     let mut never_detected: Vec<String> = Vec::new();
     let mut never_recovered: Vec<String> = Vec::new();
+    // A sub-second stall must flip nothing ("one late PING never does").
+    let mut stall_flips: Vec<Value> = Vec::new();
     for f in faults.iter().filter(|f| f.began.is_some()) {
         let (began, lifted) = (f.began.unwrap(), f.ended.unwrap_or(f64::MAX));
         let n = name(f.server);
+        if f.kind == Kind::Stall {
+            for c in &view.state_changes {
+                let t = c["t"].as_f64().unwrap_or(f64::NAN);
+                if c["name"] == n.as_str()
+                    && c["to"] != "ready"
+                    && t >= began - 0.1
+                    && t <= lifted + 2.0
+                {
+                    let mut c = c.clone();
+                    c["stall"] = json!(format!("{:.2}s at {began:.2}s", lifted - began));
+                    stall_flips.push(c);
+                }
+            }
+            continue;
+        }
         let bad = if f.kind.hard() { "down" } else { "not_ready" };
         let changes = view.states.get(&n).cloned().unwrap_or_default();
         let label = format!("{} {} at {:.2}s", f.kind.as_str(), n, began);
@@ -1845,6 +1878,7 @@ fn analyse(
         }
         let explained = faults.iter().any(|f| {
             name(f.server) == n
+                && f.kind != Kind::Stall
                 && f.began.is_some_and(|b| t >= b - 0.1)
                 && f.ended.is_none_or(|e| t <= e + 2.0)
         });
@@ -1882,12 +1916,12 @@ fn analyse(
         if (before == "down" || before == "not_ready") && before == after && !in_panic {
             // By design the servers apilb does not hold ready are tried after those it does
             // (so a client fails only when every server failed): that is a fallback when
-            // every server it held ready was in fact dead, a misroute otherwise.
+            // every server it held ready was in fact dead or stalled, a misroute otherwise.
             let held_ready_alive = (0..3).any(|i| {
                 view.state_at(&name(i), at) == "ready"
                     && !faults.iter().any(|f| {
                         f.server == i
-                            && f.kind.hard()
+                            && (f.kind.hard() || f.kind == Kind::Stall)
                             && f.began.is_some_and(|b| b <= at)
                             && f.ended.is_none_or(|e| e >= c.opened)
                     })
@@ -1952,6 +1986,26 @@ fn analyse(
     let (mid_rss, last_rss) = (median(mid), median(last));
     let rss_allowed = mid_rss + RSS_MARGIN_KIB + (mid_rss as f64 * RSS_MARGIN_FRACTION) as i64;
     let rss_max = samples.iter().map(|s| s.rss_kib).max().unwrap_or(0);
+    // Least-squares slope of RSS over the last two thirds (reported, not judged).
+    let tail: Vec<(f64, f64)> = run
+        .iter()
+        .filter(|s| s.t > third)
+        .map(|s| (s.t, s.rss_kib as f64))
+        .collect();
+    let slope_kib_per_min = {
+        let n = tail.len() as f64;
+        let (mx, my) = (
+            tail.iter().map(|p| p.0).sum::<f64>() / n,
+            tail.iter().map(|p| p.1).sum::<f64>() / n,
+        );
+        let num: f64 = tail.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+        let den: f64 = tail.iter().map(|p| (p.0 - mx).powi(2)).sum();
+        if n >= 3.0 && den > 0.0 {
+            num / den * 60.0
+        } else {
+            0.0
+        }
+    };
     let fds_max = samples.iter().map(|s| s.fds).max().unwrap_or(0);
 
     let mut fail_reasons = Vec::new();
@@ -2079,6 +2133,7 @@ fn analyse(
             "never_detected": never_detected,
             "never_back_ready": never_recovered,
             "state_changes_without_a_fault": spurious,
+            "state_changes_on_a_sub_second_stall": stall_flips,
             "passive_marks_without_a_fault": spurious_passive,
             "connections_sent_to_a_server_held_down_or_not_ready": misrouted.len(),
             "misrouted_list": misrouted.iter().take(30).collect::<Vec<_>>(),
@@ -2103,6 +2158,7 @@ fn analyse(
             "rss_kib_median_middle_third": mid_rss,
             "rss_kib_median_last_third": last_rss,
             "rss_kib_allowed_last_third": rss_allowed,
+            "rss_kib_per_minute_slope_last_two_thirds": (slope_kib_per_min * 10.0).round() / 10.0,
             "fd_margin": FD_MARGIN,
             "samples": samples.iter().map(|s| json!([(s.t * 10.0).round() / 10.0, s.rss_kib, s.fds, s.conns])).collect::<Vec<_>>(),
             "samples_columns": ["t", "rss_kib", "fds", "client_connections"],
@@ -2202,8 +2258,8 @@ fn analyse(
             format!("{} / {}", never_detected.len(), never_recovered.len()),
         ),
         (
-            "state changes with no fault on the server / passive marks on a healthy server".into(),
-            format!("{} / {}", spurious.len(), spurious_passive.len()),
+            "state changes with no fault on the server / on a sub-second stall / passive marks on a healthy server".into(),
+            format!("{} / {} / {}", spurious.len(), stall_flips.len(), spurious_passive.len()),
         ),
         (
             "new connections sent to a server apilb held down or not ready, while one it held ready was alive (fallbacks when none was)".into(),
@@ -2221,10 +2277,11 @@ fn analyse(
         (
             "apilb RSS median, middle third → last third".into(),
             format!(
-                "{:.1} → {:.1} MiB (allowed ≤ {:.1})",
+                "{:.1} → {:.1} MiB (allowed ≤ {:.1}); slope over the last two thirds {:+.0} KiB/min",
                 mid_rss as f64 / 1024.0,
                 last_rss as f64 / 1024.0,
-                rss_allowed as f64 / 1024.0
+                rss_allowed as f64 / 1024.0,
+                slope_kib_per_min
             ),
         ),
         (
