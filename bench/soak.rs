@@ -1904,6 +1904,7 @@ fn analyse(
     // panic mode): the balancer must never do that.
     let mut misrouted: Vec<Value> = Vec::new();
     let mut fallbacks = 0u64;
+    let mut stale_order: Vec<Value> = Vec::new();
     let mut per_server: HashMap<String, u64> = HashMap::new();
     for c in conns.iter() {
         let Some((at, server)) = view.proxied(c.port, c.opened) else {
@@ -1917,8 +1918,10 @@ fn analyse(
             // By design the servers apilb does not hold ready are tried after those it does
             // (so a client fails only when every server failed): that is a fallback when
             // every server it held ready was in fact dead or stalled, a misroute otherwise.
+            // The order is made when the client connects: judge by apilb's view then (a
+            // replay after the first-byte timeout follows that order, not a newer view).
             let held_ready_alive = (0..3).any(|i| {
-                view.state_at(&name(i), at) == "ready"
+                view.state_at(&name(i), c.opened) == "ready"
                     && !faults.iter().any(|f| {
                         f.server == i
                             && (f.kind.hard() || f.kind == Kind::Stall)
@@ -1928,6 +1931,30 @@ fn analyse(
             });
             if !held_ready_alive {
                 fallbacks += 1;
+                // Did a server become ready (and alive) between the order and the commit?
+                let ready_by_then: Vec<String> = (0..3)
+                    .filter(|&i| {
+                        name(i) != server
+                            && view.state_at(&name(i), c.opened) != "ready"
+                            && view.state_at(&name(i), at) == "ready"
+                            && !faults.iter().any(|f| {
+                                f.server == i
+                                    && (f.kind.hard() || f.kind == Kind::Stall)
+                                    && f.began.is_some_and(|b| b <= at)
+                                    && f.ended.is_none_or(|e| e >= at)
+                            })
+                    })
+                    .map(name)
+                    .collect();
+                if !ready_by_then.is_empty() {
+                    stale_order.push(json!({
+                        "connection": c.kind, "client_port": c.port, "server": server,
+                        "apilb_state": before,
+                        "opened": (c.opened * 100.0).round() / 100.0,
+                        "committed": (at * 100.0).round() / 100.0,
+                        "ready_by_then": ready_by_then,
+                    }));
+                }
                 continue;
             }
             misrouted.push(json!({
@@ -2138,6 +2165,7 @@ fn analyse(
             "connections_sent_to_a_server_held_down_or_not_ready": misrouted.len(),
             "misrouted_list": misrouted.iter().take(30).collect::<Vec<_>>(),
             "fallbacks_to_a_server_not_held_ready_as_every_ready_one_was_dead": fallbacks,
+            "fallbacks_while_another_server_had_become_ready_since_the_order_was_made": stale_order,
             "connections_per_server": per_server,
             "panic_mode_entered": view.panic_mode.len(),
         },
@@ -2262,8 +2290,8 @@ fn analyse(
             format!("{} / {} / {}", spurious.len(), stall_flips.len(), spurious_passive.len()),
         ),
         (
-            "new connections sent to a server apilb held down or not ready, while one it held ready was alive (fallbacks when none was)".into(),
-            format!("{} ({fallbacks})", misrouted.len()),
+            "new connections sent to a server apilb held down or not ready, while one it held ready was alive / fallbacks when none was (of which: another became ready before the commit)".into(),
+            format!("{} / {fallbacks} ({})", misrouted.len(), stale_order.len()),
         ),
         (
             "apilb RSS start / max / end".into(),
