@@ -2294,6 +2294,10 @@ fn analyse(
             format!("{} / {fallbacks} ({})", misrouted.len(), stale_order.len()),
         ),
         (
+            "times apilb entered panic mode (no server it held ready; a lifted fault not yet seen)".into(),
+            view.panic_mode.len().to_string(),
+        ),
+        (
             "apilb RSS start / max / end".into(),
             format!(
                 "{:.1} / {:.1} / {} MiB",
