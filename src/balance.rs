@@ -33,11 +33,17 @@ fn fallback_rank(b: &Backend) -> u8 {
 
 pub fn plan(set: &[Arc<Backend>]) -> Plan {
     let mut order: Vec<Arc<Backend>> = set.to_vec();
+    rank(&mut order);
+    let panic = !order.first().is_some_and(|b| eligible(b));
+    Plan { order, panic }
+}
+
+/// Sorts servers best first by what is known now (health changes while a connection is
+/// being set up, so a replay re-ranks what is left before choosing).
+pub fn rank(order: &mut [Arc<Backend>]) {
     order.shuffle(&mut rand::rng());
     // Stable sort keeps the random order among equals.
     order.sort_by_key(|b| (!eligible(b), fallback_rank(b), b.active()));
-    let panic = !order.first().is_some_and(|b| eligible(b));
-    Plan { order, panic }
 }
 
 #[cfg(test)]

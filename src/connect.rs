@@ -366,7 +366,8 @@ pub async fn establish(
             }
             Event::FirstByteTimeout => {
                 timer_armed = false;
-                if let Some(c) = candidates.take() {
+                if let Some(mut c) = candidates.take() {
+                    crate::balance::rank(c.make_contiguous());
                     pending = Some(Box::pin(connect_race(c, s)));
                 }
             }
