@@ -75,6 +75,7 @@ def main(src: str, dst: str) -> None:
             ("blackhole:\nnew conn p99", lambda r: r["blackhole"]["new_connections"]["p99_ms"] / 1000
              if r["blackhole"]["new_connections"]["p99_ms"] is not None else None),
             ("blackhole over:\nserving again", lambda r: r["blackhole"]["recovery_s"]),
+            ("freeze over:\nserving again", lambda r: r["freeze"]["recovery_s"]),
             ("/readyz 500:\nlast new conn to it", lambda r: r["not_ready"]["last_reached_s"]),
         ]
         floor = 0.01
@@ -88,18 +89,19 @@ def main(src: str, dst: str) -> None:
                 ongoing = (name.startswith("/readyz") and v is not None and v >= window - 1.0
                            and fo[p]["not_ready"]["reached_after_one_interval"] > 0)
                 failed = fo[p]["blackhole"]["new_connections"]["failures"] if "new conn p99" in name else 0
-                shown = cap if capped else (floor if never or v is None else max(v, floor))
+                icap = fo.get("recovery_cap_s", cap) if "serving again" in name else cap
+                shown = icap if capped else (floor if never or v is None else max(v, floor))
                 hatched = capped or ongoing
                 ax.bar(x, shown, width, color=COLOR[p], hatch="//" if hatched else None,
                        edgecolor="white" if hatched else None)
-                txt = f"> {cap:.0f}" if capped else ("none" if never else f"{v:.2f}" if v < 10 else f"{v:.0f}")
+                txt = f"> {icap:.0f}" if capped else ("none" if never else f"{v:.2f}" if v < 10 else f"{v:.0f}")
                 if ongoing:
                     txt = f"whole {window:.0f} s"
                 if failed:
                     txt += f", {failed} failed"
                 ax.text(x, shown * 1.08, txt, ha="center", va="bottom", fontsize=7, rotation=90)
         ax.set_yscale("log")
-        ax.set_ylim(floor, cap * 8)
+        ax.set_ylim(floor, max(cap, fo.get("recovery_cap_s", cap)) * 8)
         ax.axhline(cap, color="#999", ls=":", lw=1)
         ax.set_xticks(range(len(items)))
         ax.set_xticklabels([n for n, _ in items], fontsize=8)
