@@ -18,7 +18,9 @@ COLOR = {"nginx": "#7f9fbf", "haproxy": "#c9a66b", "apilb": "#2e8b57"}
 def main(src: str, dst: str) -> None:
     res = json.load(open(src))
     panels = [k for k in ("throughput", "memory", "failover") if k in res]
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 5.2), squeeze=False)
+    widths = {"throughput": 1.0, "memory": 0.6, "failover": 1.5}
+    fig, axes = plt.subplots(1, len(panels), figsize=(sum(6.2 * widths[p] for p in panels), 5.6),
+                             squeeze=False, gridspec_kw={"width_ratios": [widths[p] for p in panels]})
     axes = list(axes[0])
     width = 0.26
 
@@ -101,7 +103,7 @@ def main(src: str, dst: str) -> None:
                     txt += f", {failed} failed"
                 ax.text(x, shown * 1.08, txt, ha="center", va="bottom", fontsize=7, rotation=90)
         ax.set_yscale("log")
-        ax.set_ylim(floor, max(cap, fo.get("recovery_cap_s", cap)) * 8)
+        ax.set_ylim(floor, max(cap, fo.get("recovery_cap_s", cap)) * 60)
         ax.axhline(cap, color="#999", ls=":", lw=1)
         ax.set_xticks(range(len(items)))
         ax.set_xticklabels([n for n, _ in items], fontsize=8)
@@ -112,7 +114,7 @@ def main(src: str, dst: str) -> None:
         ax.legend(handles=[Patch(color=COLOR[p], label=LABEL[p]) for p in PROXIES]
                   + [Patch(facecolor="#bbb", hatch="//", edgecolor="white",
                            label="still happening at the end of the wait")],
-                  fontsize=8, loc="upper left")
+                  fontsize=8, loc="upper center", ncol=4)
 
     m = res["machine"]
     fig.suptitle(f"apilb vs kubespray's nginx and HAProxy — {res['date']}, {m['cores']} cores "
