@@ -146,6 +146,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
 
+    /// Threads that carry client connections (each accepts on every listener and keeps the
+    /// connections it accepted). [default: 2]
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+
     /// On SIGTERM/SIGINT: stop accepting, let connections run this long, then close.
     /// [default: 5s]
     #[arg(long, value_parser = duration, value_name = "DURATION")]

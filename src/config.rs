@@ -37,6 +37,7 @@ pub mod defaults {
     pub const FALL: u32 = 2;
     pub const RISE: u32 = 2;
     pub const MAX_CONNECTIONS: usize = 10_000;
+    pub const WORKERS: usize = 2;
     pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
     pub const RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
     pub const DISCOVERY_INTERVAL: Duration = Duration::from_secs(30);
@@ -140,6 +141,7 @@ pub struct FileConfig {
     pub health_fall: Option<u32>,
     pub health_rise: Option<u32>,
     pub max_connections: Option<usize>,
+    pub workers: Option<usize>,
     pub drain_grace: Option<String>,
     pub resolve_interval: Option<String>,
     pub discovery_kubeconfig: Option<PathBuf>,
@@ -168,6 +170,7 @@ pub struct Config {
     pub replay_limit: usize,
     pub health: HealthSettings,
     pub max_connections: usize,
+    pub workers: usize,
     pub drain_grace: Duration,
     pub resolve_interval: Duration,
     /// Control-plane discovery, when `--discovery-kubeconfig` is given.
@@ -450,6 +453,13 @@ pub fn resolve(args: &RunArgs, file: FileConfig) -> Result<Config, ConfigError> 
             message: "must be at least 1".into(),
         });
     }
+    let workers = args.workers.or(file.workers).unwrap_or(d::WORKERS);
+    if !(1..=64).contains(&workers) {
+        return Err(ConfigError {
+            origin: flag_or_key(fp, args.workers.is_some(), "workers"),
+            message: format!("{workers} is out of range; use 1 to 64 (one per core is plenty)"),
+        });
+    }
     let connect_timeout = duration(
         args.connect_timeout,
         file.connect_timeout.as_ref(),
@@ -499,6 +509,7 @@ pub fn resolve(args: &RunArgs, file: FileConfig) -> Result<Config, ConfigError> 
             .unwrap_or(d::REPLAY_LIMIT),
         health,
         max_connections,
+        workers,
         drain_grace: duration(
             args.drain_grace,
             file.drain_grace.as_ref(),

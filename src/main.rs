@@ -26,6 +26,7 @@ mod run;
 mod socket;
 mod status;
 mod tls;
+mod workers;
 
 use std::process::ExitCode;
 
@@ -55,9 +56,10 @@ fn init_logging(format: LogFormat, level: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The main thread's runtime. For `apilb run` it carries the control plane only (health,
+/// discovery, admin, signals); client connections live on `workers`.
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
 }

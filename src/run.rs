@@ -21,6 +21,7 @@ use crate::health::{self, HealthContext};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::socket;
+use crate::workers::Workers;
 
 /// How often the config file is looked at for changes.
 const CONFIG_POLL: Duration = Duration::from_secs(2);
@@ -128,8 +129,9 @@ pub async fn run(args: RunArgs, cfg: Config) -> anyhow::Result<()> {
         })?;
         listeners.push(l);
     }
-    let admin_listener =
-        socket::take_or_listen(cfg.admin_listen, &mut inherited).with_context(|| {
+    let admin_listener = socket::take_or_listen(cfg.admin_listen, &mut inherited)
+        .and_then(tokio::net::TcpListener::from_std)
+        .with_context(|| {
             format!(
                 "--admin-listen {}: cannot listen (choose another port)",
                 cfg.admin_listen
@@ -176,9 +178,31 @@ pub async fn run(args: RunArgs, cfg: Config) -> anyhow::Result<()> {
         },
         cfg.max_connections,
     ));
-    for l in listeners {
-        tokio::spawn(proxy.clone().serve(l, stop_accepting.clone()));
+    // Every worker accepts on every listener; connections live on the worker that took them.
+    let workers = Workers::start(cfg.workers).context("cannot start the worker threads")?;
+    for (l, addr) in listeners.iter().zip(&cfg.listen) {
+        let mut copies = Vec::with_capacity(workers.len());
+        for _ in 0..workers.len() {
+            copies.push(
+                l.try_clone()
+                    .with_context(|| format!("--listen {addr}: cannot share the socket"))?,
+            );
+        }
+        workers.spawn_each(|i| {
+            let (proxy, stop, l, addr) =
+                (proxy.clone(), stop_accepting.clone(), copies.pop(), *addr);
+            async move {
+                match l.map(tokio::net::TcpListener::from_std) {
+                    Some(Ok(l)) => proxy.serve(l, stop).await,
+                    Some(Err(e)) => {
+                        tracing::error!(worker = i, %addr, error = %e, "worker cannot accept here")
+                    }
+                    None => {}
+                }
+            }
+        });
     }
+    drop(listeners);
     let admin = Arc::new(Admin {
         backends: backends.clone(),
         metrics: metrics.clone(),

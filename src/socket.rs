@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use socket2::{Domain, SockRef, Socket, TcpKeepalive, Type};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// Keepalive probes start after this much silence on an upstream connection…
 pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(5);
@@ -24,7 +24,7 @@ pub const USER_TIMEOUT: Duration = Duration::from_secs(10);
 /// new apilb can bind while the old one drains; only processes that also set it can share
 /// the port, so nginx still holding 6443 is a clear error) and, for IPv6, IPV6_V6ONLY
 /// (127.0.0.1:6443 and [::1]:6443 are separate listeners).
-pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+pub fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
@@ -34,7 +34,7 @@ pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }
 
 pub fn tune_client(s: &TcpStream) {
@@ -109,11 +109,11 @@ pub fn inherited() -> Vec<std::net::TcpListener> {
     out
 }
 
-/// The listener for `addr`: an inherited socket bound there, or a new one.
+/// The listener for `addr` (non-blocking): an inherited socket bound there, or a new one.
 pub fn take_or_listen(
     addr: SocketAddr,
     inherited: &mut Vec<std::net::TcpListener>,
-) -> std::io::Result<TcpListener> {
+) -> std::io::Result<std::net::TcpListener> {
     if let Some(i) = inherited
         .iter()
         .position(|l| l.local_addr().ok() == Some(addr))
@@ -121,7 +121,7 @@ pub fn take_or_listen(
         let l = inherited.swap_remove(i);
         l.set_nonblocking(true)?;
         tracing::info!(%addr, "serving on an inherited socket (socket activation)");
-        return TcpListener::from_std(l);
+        return Ok(l);
     }
     listen(addr)
 }
@@ -129,12 +129,14 @@ pub fn take_or_listen(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::net::TcpListener;
 
     #[tokio::test]
     async fn a_second_instance_can_bind_while_the_first_drains() {
-        let first = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let first = TcpListener::from_std(listen("127.0.0.1:0".parse().unwrap()).unwrap()).unwrap();
         let addr = first.local_addr().unwrap();
         let second = listen(addr).expect("SO_REUSEPORT lets the new process bind");
+        let second = TcpListener::from_std(second).unwrap();
         drop(first);
         let c = tokio::net::TcpStream::connect(addr).await.unwrap();
         let (_s, peer) = second.accept().await.unwrap();
