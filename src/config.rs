@@ -87,6 +87,11 @@ impl ServerSpec {
             let port = after
                 .strip_prefix(':')
                 .ok_or_else(|| format!("`{s}`: missing port; write [{h}]:6443"))?;
+            if h.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(format!(
+                    "`{s}`: `{h}` is not an IPv6 address; brackets are for IPv6 only"
+                ));
+            }
             (h.to_string(), port)
         } else {
             let (h, p) = s
@@ -102,8 +107,12 @@ impl ServerSpec {
         if host.is_empty() {
             return Err(format!("`{s}`: missing host; write HOST:PORT"));
         }
-        if host.contains('/') || host.contains(char::is_whitespace) {
-            return Err(format!("`{s}`: not a host name or IP address"));
+        let name_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
+        if !host.contains(':') && !host.chars().all(name_char) {
+            return Err(format!(
+                "`{s}`: `{host}` is not a host name or IP address; write HOST:PORT, \
+                 e.g. 10.0.0.11:6443"
+            ));
         }
         let port: u16 = port
             .parse()
@@ -213,10 +222,15 @@ pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
         origin: origin.clone(),
         message: format!("cannot read the config file: {e}; check --config"),
     })?;
+    parse_file(&text, origin)
+}
+
+/// Parses the text of a config file; `origin` (its path) names it in errors.
+pub fn parse_file(text: &str, origin: String) -> Result<FileConfig, ConfigError> {
     if text.trim().is_empty() {
         return Ok(FileConfig::default());
     }
-    yaml_serde::from_str(&text).map_err(|e| ConfigError {
+    yaml_serde::from_str(text).map_err(|e| ConfigError {
         origin,
         message: format!(
             "invalid config: {e}. Keys are the `apilb run` flag names without dashes in front \
@@ -596,7 +610,20 @@ mod tests {
                 .to_string(),
             "cp.example.com:6443"
         );
-        for bad in ["", "cp1", "fd00::1:6443", "cp:0", "cp:x", "[::1", ":6443"] {
+        // `[[[]:6443` and `[cp1]:6443` were accepted and did not print back (state_file fuzz).
+        for bad in [
+            "",
+            "cp1",
+            "fd00::1:6443",
+            "cp:0",
+            "cp:x",
+            "[::1",
+            ":6443",
+            "[[[]:6443",
+            "[cp1]:6443",
+            "cp\"1:6443",
+            "cp1%eth0:6443",
+        ] {
             assert!(ServerSpec::parse(bad).is_err(), "{bad} accepted");
         }
     }

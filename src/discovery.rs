@@ -235,11 +235,7 @@ pub fn load_state(dir: &Path) -> Vec<ServerSpec> {
             return Vec::new();
         }
     };
-    let parsed: Result<StateFile, _> = serde_json::from_slice(&text);
-    let specs: Result<Vec<ServerSpec>, String> = parsed
-        .map_err(|e| e.to_string())
-        .and_then(|st| st.servers.iter().map(|s| ServerSpec::parse(s)).collect());
-    match specs {
+    match parse_state(&text) {
         Ok(list) => list,
         Err(e) => {
             tracing::warn!(file = %path.display(), error = %e,
@@ -247,6 +243,16 @@ pub fn load_state(dir: &Path) -> Vec<ServerSpec> {
             Vec::new()
         }
     }
+}
+
+/// Parses the state file's text: the servers it lists, or why it is unusable.
+pub fn parse_state(text: &[u8]) -> Result<Vec<ServerSpec>, String> {
+    let parsed: StateFile = serde_json::from_slice(text).map_err(|e| e.to_string())?;
+    parsed
+        .servers
+        .iter()
+        .map(|s| ServerSpec::parse(s))
+        .collect()
 }
 
 fn save_state(dir: &Path, servers: &[ServerSpec]) -> Result<(), String> {

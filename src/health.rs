@@ -26,6 +26,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use http::{Request, Uri};
 use rustls::ClientConfig;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::sleep_until;
 use tokio_rustls::client::TlsStream;
@@ -174,9 +175,9 @@ pub async fn run(b: Arc<Backend>, ctx: Arc<HealthContext>) {
                 let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
                 let check = async {
                     if h2 {
-                        check_h2(tls, &b, &ctx, &mut judge).await
+                        check_h2(tls, &b, ctx.settings, &mut judge).await
                     } else {
-                        check_h1(tls, &b, &ctx, &mut judge).await
+                        check_h1(tls, &b, ctx.settings, &mut judge).await
                     }
                 };
                 tokio::select! {
@@ -186,6 +187,22 @@ pub async fn run(b: Arc<Backend>, ctx: Arc<HealthContext>) {
             }
         };
         judge.live_failure(&b, &ended);
+    }
+}
+
+/// One check connection over `io` (a server's decrypted stream: HTTP/2 when `h2`, else
+/// HTTP/1.1), judged as `run` judges it, until it ends; returns why it ended. Whatever the
+/// server sends, the check ends with a reason and a state, never a panic (the fuzz target
+/// `readyz_answer` holds it to that).
+pub async fn check_once<T>(io: T, h2: bool, b: &Backend, s: HealthSettings) -> String
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut judge = Judge::new(&s);
+    if h2 {
+        check_h2(io, b, s, &mut judge).await
+    } else {
+        check_h1(io, b, s, &mut judge).await
     }
 }
 
@@ -256,13 +273,10 @@ async fn readyz_h2(
 }
 
 /// HTTP/2: PING for liveness, /readyz for readiness. Returns why the connection ended.
-async fn check_h2(
-    tls: TlsStream<TcpStream>,
-    b: &Backend,
-    ctx: &HealthContext,
-    judge: &mut Judge,
-) -> String {
-    let s = ctx.settings;
+async fn check_h2<T>(tls: T, b: &Backend, s: HealthSettings, judge: &mut Judge) -> String
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let uri = match readyz_uri(b) {
         Ok(u) => u,
         Err(e) => return e,
@@ -346,14 +360,11 @@ async fn check_h2(
 }
 
 /// HTTP/1.1 keep-alive: /readyz is both the liveness and the readiness probe.
-async fn check_h1(
-    tls: TlsStream<TcpStream>,
-    b: &Backend,
-    ctx: &HealthContext,
-    judge: &mut Judge,
-) -> String {
+async fn check_h1<T>(tls: T, b: &Backend, s: HealthSettings, judge: &mut Judge) -> String
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     use http_body_util::{BodyExt, Empty};
-    let s = ctx.settings;
     let io = hyper_util::rt::TokioIo::new(tls);
     let (mut sender, conn) =
         match tokio::time::timeout(s.timeout, hyper::client::conn::http1::handshake(io)).await {

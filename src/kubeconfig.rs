@@ -1230,7 +1230,9 @@ fn flow(value: &Value) -> String {
         Value::Bool(b) => b.to_string(),
         Value::Number(n) => n.to_string(),
         Value::String(s) => {
-            if s.contains('\n') {
+            // Flow indicators end a plain scalar inside `[...]`/`{...}` (found by the
+            // `kubeconfig` fuzz target).
+            if s.contains(['\n', ',', '[', ']', '{', '}']) {
                 double_quoted(s)
             } else {
                 scalar_string(s)
@@ -1247,7 +1249,16 @@ fn flow(value: &Value) -> String {
                 .collect();
             format!("{{{}}}", items.join(", "))
         }
-        Value::Tagged(t) => format!("{} {}", t.tag, flow(&t.value)),
+        Value::Tagged(t) => format!("{} {}", tag_text(&t.tag), flow(&t.value)),
+    }
+}
+
+/// A tag as YAML source. yaml_serde prints the non-specific tag `!` as `!!`, which is not
+/// a tag at all (found by the `kubeconfig` fuzz target).
+fn tag_text(tag: &yaml_serde::value::Tag) -> String {
+    match tag.to_string() {
+        t if t == "!!" => "!".to_string(),
+        t => t,
     }
 }
 
@@ -1830,6 +1841,36 @@ users:
   user:
     client-certificate: /var/lib/kubelet/pki/kubelet-client-current.pem
 ";
+
+    /// Found by the `kubeconfig` fuzz target: the non-specific tag `!` was written as `!!`.
+    #[test]
+    fn a_non_specific_tag_survives_a_rewrite() {
+        let input = SIMPLE.replace(
+            "  user:\n    client-certificate",
+            "  user: !\n    client-certificate",
+        );
+        let text = match rewrite(&input, "f", &RewriteOptions::default()).unwrap() {
+            Outcome::Changed { text, .. } => text,
+            Outcome::Unchanged { reason } => panic!("{reason}"),
+        };
+        let again = rewrite(&text, "f", &RewriteOptions::default()).unwrap();
+        assert!(matches!(again, Outcome::Unchanged { .. }), "{text}");
+        assert_eq!(yaml(&input)["users"], yaml(&text)["users"]);
+    }
+
+    /// Found by the `kubeconfig` fuzz target: a flow key holding `[` was written plain.
+    #[test]
+    fn flow_indicators_in_a_flow_key_are_quoted() {
+        let input = SIMPLE.replace(
+            "    client-certificate: /var/lib/kubelet/pki/kubelet-client-current.pem",
+            "    {\"a,b\": 1}: null",
+        );
+        let text = match rewrite(&input, "f", &RewriteOptions::default()).unwrap() {
+            Outcome::Changed { text, .. } => text,
+            Outcome::Unchanged { reason } => panic!("{reason}"),
+        };
+        assert_eq!(yaml(&input)["users"], yaml(&text)["users"], "{text}");
+    }
 
     fn cluster0(text: &str) -> Value {
         yaml(text)["clusters"][0]["cluster"].clone()

@@ -4,36 +4,13 @@
 //! Exit codes: 0 success; 1 runtime failure (or, for `status`, no server ready);
 //! 2 bad configuration or input.
 
-mod admin;
-mod backend;
-mod balance;
-mod cli;
-mod config;
-mod connect;
-mod copy;
-mod discovery;
-mod health;
-mod kubeadm;
-mod kubeconfig;
-mod kubeconfig_cmd;
-mod kubespray;
-mod manifest;
-mod metrics;
-#[cfg(test)]
-mod properties;
-mod proxy;
-mod run;
-mod socket;
-mod status;
-mod tls;
-mod workers;
-
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command, KubeadmCommand};
-use crate::config::LogFormat;
+use apilb::cli::{self, Cli, Command, KubeadmCommand};
+use apilb::config::{self, LogFormat};
+use apilb::{kubeadm, kubeconfig, kubeconfig_cmd, kubespray, manifest, run, status, tls};
 
 fn init_logging(format: LogFormat, level: &str) -> Result<(), String> {
     // A bare level applies to apilb; libraries stay at warn (their debug output is a

@@ -1,0 +1,28 @@
+//! apilb as a library: the modules behind the `apilb` binary (src/main.rs), exposed so that
+//! the fuzz targets under `fuzz/` and the corpus test can call the parsers directly. Not a
+//! stable API: the binary is the product.
+
+pub mod admin;
+pub mod backend;
+pub mod balance;
+pub mod cli;
+pub mod config;
+pub mod connect;
+pub mod copy;
+pub mod discovery;
+pub mod fuzzing;
+pub mod health;
+pub mod kubeadm;
+pub mod kubeconfig;
+pub mod kubeconfig_cmd;
+pub mod kubespray;
+pub mod manifest;
+pub mod metrics;
+#[cfg(test)]
+mod properties;
+pub mod proxy;
+pub mod run;
+pub mod socket;
+pub mod status;
+pub mod tls;
+pub mod workers;
