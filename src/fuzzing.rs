@@ -95,27 +95,31 @@ pub fn kubeconfig(data: &[u8]) {
             .map(yaml_serde::from_str::<yaml_serde::Value>)
         {
             assert_eq!(
-                without_empty_extensions(before),
-                without_empty_extensions(after),
+                without_empty_fields(before),
+                without_empty_fields(after),
                 "restore is not the original\n{restored}"
             );
         }
     }
 }
 
-/// Restore drops an `extensions` list its record leaves empty, so an input's empty or null
-/// `extensions` is not told apart from none (client-go reads all three alike).
-fn without_empty_extensions(mut doc: yaml_serde::Value) -> yaml_serde::Value {
+/// Restore drops an `extensions` list its record leaves empty, and a `tls-server-name` the
+/// input did not set, so an input's null or empty one is not told apart from none
+/// (client-go reads them alike); and both sides get the YAML 1.1 booleans rewrite writes.
+fn without_empty_fields(mut doc: yaml_serde::Value) -> yaml_serde::Value {
+    kubeconfig::normalize_yaml11_bools(&mut doc);
     if let Some(clusters) = doc.get_mut("clusters").and_then(|c| c.as_sequence_mut()) {
         for c in clusters {
             if let Some(cluster) = c.get_mut("cluster").and_then(|c| c.as_mapping_mut()) {
-                let empty = match cluster.get("extensions") {
-                    Some(yaml_serde::Value::Null) => true,
-                    Some(yaml_serde::Value::Sequence(s)) => s.is_empty(),
-                    _ => false,
-                };
-                if empty {
-                    cluster.remove("extensions");
+                for key in ["extensions", "tls-server-name"] {
+                    let empty = match cluster.get(key) {
+                        Some(yaml_serde::Value::Null) => true,
+                        Some(yaml_serde::Value::Sequence(s)) => s.is_empty(),
+                        _ => false,
+                    };
+                    if empty {
+                        cluster.remove(key);
+                    }
                 }
             }
         }

@@ -459,7 +459,7 @@ fn finish(
 /// client-go reads `insecure-skip-tls-verify: yes` (YAML 1.1) as `true`, yaml_serde as
 /// the string "yes". A string in these boolean fields is invalid for client-go anyway,
 /// so turning the YAML 1.1 words into booleans keeps the meaning when written back.
-fn normalize_yaml11_bools(doc: &mut Value) {
+pub(crate) fn normalize_yaml11_bools(doc: &mut Value) {
     let Some(clusters) = doc.get_mut("clusters").and_then(Value::as_sequence_mut) else {
         return;
     };
@@ -469,10 +469,17 @@ fn normalize_yaml11_bools(doc: &mut Value) {
         };
         for key in ["insecure-skip-tls-verify", "disable-compression"] {
             if let Some(slot) = body.get_mut(key) {
-                let word = slot.as_str().map(str::to_ascii_lowercase);
-                match word.as_deref() {
-                    Some("y" | "yes" | "on" | "true") => *slot = Value::Bool(true),
-                    Some("n" | "no" | "off" | "false") => *slot = Value::Bool(false),
+                // Exactly go-yaml v2's words: `tRue` stays a string there (the fuzz target
+                // `kubeconfig` found it turned into a boolean).
+                match slot.as_str() {
+                    Some(
+                        "y" | "Y" | "yes" | "Yes" | "YES" | "on" | "On" | "ON" | "true" | "True"
+                        | "TRUE",
+                    ) => *slot = Value::Bool(true),
+                    Some(
+                        "n" | "N" | "no" | "No" | "NO" | "off" | "Off" | "OFF" | "false" | "False"
+                        | "FALSE",
+                    ) => *slot = Value::Bool(false),
                     _ => {}
                 }
             }
@@ -1159,10 +1166,26 @@ fn emit_mapping(out: &mut String, map: &Mapping, indent: usize, inline: bool) {
         if n > 0 || !inline {
             push_indent(out, indent);
         }
-        match key {
-            Value::String(k) => out.push_str(&scalar_string(k)),
-            Value::Mapping(_) | Value::Sequence(_) | Value::Tagged(_) => out.push_str(&flow(key)),
-            other => emit_inline(out, other, indent),
+        let key_text = match key {
+            Value::String(k) => scalar_string(k),
+            Value::Mapping(_) | Value::Sequence(_) | Value::Tagged(_) => flow(key),
+            other => {
+                let mut t = String::new();
+                emit_inline(&mut t, other, indent + 2);
+                t
+            }
+        };
+        // An implicit key is one line of at most 1024 characters; a longer one takes the
+        // explicit `? key` form (found by the `kubeconfig` fuzz target).
+        if key_text.len() > 1000 || key_text.contains('\n') {
+            out.push_str("? ");
+            out.push_str(&key_text);
+            if !key_text.ends_with('\n') {
+                out.push('\n');
+            }
+            push_indent(out, indent);
+        } else {
+            out.push_str(&key_text);
         }
         out.push(':');
         match value {
@@ -1870,6 +1893,24 @@ users:
             Outcome::Unchanged { reason } => panic!("{reason}"),
         };
         assert_eq!(yaml(&input)["users"], yaml(&text)["users"], "{text}");
+    }
+
+    /// Found by the `kubeconfig` fuzz target: a key over 1024 characters was written as an
+    /// implicit key, which YAML does not allow.
+    #[test]
+    fn a_long_key_is_written_explicitly() {
+        let long = "k".repeat(1500);
+        for value in ["1", "{a: 1}", "[1, 2]", "\n      x: 1", "\n    - x"] {
+            let input = SIMPLE.replace(
+                "    client-certificate: /var/lib/kubelet/pki/kubelet-client-current.pem",
+                &format!("    ? {long}\n    : {value}"),
+            );
+            let text = match rewrite(&input, "f", &RewriteOptions::default()).unwrap() {
+                Outcome::Changed { text, .. } => text,
+                Outcome::Unchanged { reason } => panic!("{reason}"),
+            };
+            assert_eq!(yaml(&input)["users"], yaml(&text)["users"], "{text}");
+        }
     }
 
     fn cluster0(text: &str) -> Value {
