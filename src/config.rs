@@ -635,6 +635,7 @@ mod tests {
         assert_eq!(c.admin_listen, DEFAULT_ADMIN_LISTEN.parse().unwrap());
         assert_eq!(c.connect_race_delay, defaults::CONNECT_RACE_DELAY);
         assert_eq!(c.health.fall, defaults::FALL);
+        assert_eq!(c.workers, defaults::WORKERS);
     }
 
     #[test]
@@ -656,6 +657,29 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.origin, "--listen");
         assert!(e.message.contains("--allow-non-loopback"));
+        for n in ["0", "65"] {
+            let e = load(&args(&[
+                "--server",
+                "a:1",
+                "--ca-file",
+                "/x",
+                "--workers",
+                n,
+            ]))
+            .unwrap_err();
+            assert_eq!(e.origin, "--workers");
+            assert!(e.message.contains("1 to 64"), "{}", e.message);
+        }
+        let c = load(&args(&[
+            "--server",
+            "a:1",
+            "--ca-file",
+            "/x",
+            "--workers",
+            "1",
+        ]))
+        .unwrap();
+        assert_eq!(c.workers, 1);
     }
 
     #[test]
