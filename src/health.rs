@@ -173,16 +173,9 @@ pub async fn run(b: Arc<Backend>, ctx: Arc<HealthContext>) {
             }
             Ok(tls) => {
                 let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                let check = async {
-                    if h2 {
-                        check_h2(tls, &b, ctx.settings, &mut judge).await
-                    } else {
-                        check_h1(tls, &b, ctx.settings, &mut judge).await
-                    }
-                };
                 tokio::select! {
                     () = retired.cancelled() => return,
-                    why = check => why,
+                    why = check(tls, h2, &b, ctx.settings, &mut judge) => why,
                 }
             }
         };
@@ -198,11 +191,18 @@ pub async fn check_once<T>(io: T, h2: bool, b: &Backend, s: HealthSettings) -> S
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut judge = Judge::new(&s);
+    check(io, h2, b, s, &mut Judge::new(&s)).await
+}
+
+/// One check connection, judged by `judge`, until it ends; returns why it ended.
+async fn check<T>(io: T, h2: bool, b: &Backend, s: HealthSettings, judge: &mut Judge) -> String
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     if h2 {
-        check_h2(io, b, s, &mut judge).await
+        check_h2(io, b, s, judge).await
     } else {
-        check_h1(io, b, s, &mut judge).await
+        check_h1(io, b, s, judge).await
     }
 }
 

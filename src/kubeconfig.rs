@@ -1872,10 +1872,7 @@ users:
             "  user:\n    client-certificate",
             "  user: !\n    client-certificate",
         );
-        let text = match rewrite(&input, "f", &RewriteOptions::default()).unwrap() {
-            Outcome::Changed { text, .. } => text,
-            Outcome::Unchanged { reason } => panic!("{reason}"),
-        };
+        let (text, _) = changed(rewrite(&input, "f", &RewriteOptions::default()).unwrap());
         let again = rewrite(&text, "f", &RewriteOptions::default()).unwrap();
         assert!(matches!(again, Outcome::Unchanged { .. }), "{text}");
         assert_eq!(yaml(&input)["users"], yaml(&text)["users"]);
@@ -1888,10 +1885,7 @@ users:
             "    client-certificate: /var/lib/kubelet/pki/kubelet-client-current.pem",
             "    {\"a,b\": 1}: null",
         );
-        let text = match rewrite(&input, "f", &RewriteOptions::default()).unwrap() {
-            Outcome::Changed { text, .. } => text,
-            Outcome::Unchanged { reason } => panic!("{reason}"),
-        };
+        let (text, _) = changed(rewrite(&input, "f", &RewriteOptions::default()).unwrap());
         assert_eq!(yaml(&input)["users"], yaml(&text)["users"], "{text}");
     }
 
@@ -1905,10 +1899,7 @@ users:
                 "    client-certificate: /var/lib/kubelet/pki/kubelet-client-current.pem",
                 &format!("    ? {long}\n    : {value}"),
             );
-            let text = match rewrite(&input, "f", &RewriteOptions::default()).unwrap() {
-                Outcome::Changed { text, .. } => text,
-                Outcome::Unchanged { reason } => panic!("{reason}"),
-            };
+            let (text, _) = changed(rewrite(&input, "f", &RewriteOptions::default()).unwrap());
             assert_eq!(yaml(&input)["users"], yaml(&text)["users"], "{text}");
         }
     }

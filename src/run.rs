@@ -181,26 +181,21 @@ pub async fn run(args: RunArgs, cfg: Config) -> anyhow::Result<()> {
     // Every worker accepts on every listener; connections live on the worker that took them.
     let workers = Workers::start(cfg.workers).context("cannot start the worker threads")?;
     for (l, addr) in listeners.iter().zip(&cfg.listen) {
-        let mut copies = Vec::with_capacity(workers.len());
-        for _ in 0..workers.len() {
-            copies.push(
-                l.try_clone()
-                    .with_context(|| format!("--listen {addr}: cannot share the socket"))?,
-            );
-        }
-        workers.spawn_each(|i| {
-            let (proxy, stop, l, addr) =
-                (proxy.clone(), stop_accepting.clone(), copies.pop(), *addr);
-            async move {
-                match l.map(tokio::net::TcpListener::from_std) {
-                    Some(Ok(l)) => proxy.serve(l, stop).await,
-                    Some(Err(e)) => {
+        for (i, worker) in workers.handles().enumerate() {
+            let copy = l
+                .try_clone()
+                .with_context(|| format!("--listen {addr}: cannot share the socket"))?;
+            let (proxy, stop, addr) = (proxy.clone(), stop_accepting.clone(), *addr);
+            worker.spawn(async move {
+                // Registered with this worker's runtime: accepts land here.
+                match tokio::net::TcpListener::from_std(copy) {
+                    Ok(l) => proxy.serve(l, stop).await,
+                    Err(e) => {
                         tracing::error!(worker = i, %addr, error = %e, "worker cannot accept here")
                     }
-                    None => {}
                 }
-            }
-        });
+            });
+        }
     }
     drop(listeners);
     let admin = Arc::new(Admin {

@@ -17,7 +17,6 @@
 //!
 //! Owns the threads and the placement of connection tasks; decides nothing about traffic.
 
-use std::future::Future;
 use std::thread::JoinHandle;
 
 use tokio::runtime::Handle;
@@ -60,23 +59,9 @@ impl Workers {
         Ok(Workers { workers })
     }
 
-    /// Runs one task per worker, made by `make(worker index)`; whatever those tasks spawn
-    /// stays on their worker.
-    pub fn spawn_each<F>(&self, mut make: impl FnMut(usize) -> F)
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
-        for (i, w) in self.workers.iter().enumerate() {
-            w.handle.spawn(make(i));
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.workers.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.workers.is_empty()
+    /// The workers' runtimes: whatever a task spawned on one of them spawns stays there.
+    pub fn handles(&self) -> impl Iterator<Item = &Handle> {
+        self.workers.iter().map(|w| &w.handle)
     }
 }
 
@@ -100,20 +85,20 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn each_worker_runs_its_task_and_what_it_spawns_on_its_own_thread() {
+    async fn each_worker_runs_its_tasks_and_what_they_spawn_on_its_own_thread() {
         let workers = Workers::start(2).unwrap();
         let main_thread = std::thread::current().id();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        workers.spawn_each(|i| {
+        for (i, handle) in workers.handles().enumerate() {
             let tx = tx.clone();
-            async move {
+            handle.spawn(async move {
                 let outer = std::thread::current().id();
                 let inner = tokio::spawn(async { std::thread::current().id() })
                     .await
                     .unwrap();
                 let _ = tx.send((i, outer, inner));
-            }
-        });
+            });
+        }
         let mut seen = vec![rx.recv().await.unwrap(), rx.recv().await.unwrap()];
         seen.sort_by_key(|s| s.0);
         assert_eq!(seen.iter().map(|s| s.0).collect::<Vec<_>>(), vec![0, 1]);
