@@ -56,9 +56,9 @@ pub struct ServerStatus {
     pub connect_failed: bool,
     #[serde(default)]
     pub source: String,
-    /// Removed from the set; its connections are finishing.
+    /// Removed from the set (discovery); its connections are finishing.
     #[serde(default)]
-    pub draining: bool,
+    pub removed: bool,
 }
 
 fn ago(t: Option<SystemTime>) -> Option<f64> {
@@ -68,7 +68,7 @@ fn ago(t: Option<SystemTime>) -> Option<f64> {
 impl Admin {
     pub fn status(&self) -> Status {
         let mut all: Vec<Arc<Backend>> = self.backends.snapshot().iter().cloned().collect();
-        all.extend(self.backends.draining());
+        all.extend(self.backends.removed());
         let servers = all
             .iter()
             .map(|b| {
@@ -87,7 +87,7 @@ impl Admin {
                     active_connections: b.active(),
                     connect_failed: b.passive_failed(),
                     source: b.source().as_str().to_string(),
-                    draining: b.is_draining(),
+                    removed: b.is_removed(),
                 }
             })
             .collect();

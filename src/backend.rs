@@ -3,16 +3,22 @@
 //! watches; and the set of them (`Backends`), swapped whole and atomically (ArcSwap) so
 //! readers on the accept path never lock.
 //!
-//! This module records state; it does not decide it (`health` does) and does not choose
-//! among servers (`balance` does). The one side effect here is the one the design rests on:
-//! a transition to `Down`, or removal from the set, cancels the server's token, which closes
-//! every client connection proxied to it at once (O(1) for the health checker; each
-//! connection's copy loop selects on the token).
+//! This module records state; it does not decide it (`judge` does, from what `health` sees)
+//! and does not choose among servers (`balance` does). The one side effect here is the one
+//! the design rests on: cancelling a server's token closes every client connection proxied
+//! to it at once (O(1) for the health checker; each connection's copy loop selects on the
+//! token). That happens in two cases only:
+//! * the server went **silent** (`Down`) *and* another ready server has since answered a
+//!   PING on time, asked after the silence began (`Backends::silent`, `Backends::answered`):
+//!   closing needs somewhere to go, and a network hiccup on every path is not a dead server;
+//! * the server was removed from the set by the operator (`retire`).
+//!
+//! A server that *says* it is leaving (`Draining`, `NotReady`) keeps its connections.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::{ArcSwap, Guard};
 use tokio_util::sync::CancellationToken;
@@ -28,12 +34,22 @@ pub enum State {
     Ready = 1,
     /// Reachable, but /readyz failed: no new connections, existing ones untouched.
     NotReady = 2,
-    /// Unreachable: no new connections, existing ones closed.
+    /// Silent (no answer to PING, connect or handshake): no new connections; existing ones
+    /// closed once another server is ready to take them.
     Down = 3,
+    /// Said it is leaving (GOAWAY, FIN, reset, refused): no new connections, existing ones
+    /// left to the server to finish.
+    Draining = 4,
 }
 
 impl State {
-    pub const ALL: [State; 4] = [State::Unknown, State::Ready, State::NotReady, State::Down];
+    pub const ALL: [State; 5] = [
+        State::Unknown,
+        State::Ready,
+        State::NotReady,
+        State::Down,
+        State::Draining,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -41,6 +57,7 @@ impl State {
             State::Ready => "ready",
             State::NotReady => "not_ready",
             State::Down => "down",
+            State::Draining => "draining",
         }
     }
 
@@ -49,6 +66,7 @@ impl State {
             1 => State::Ready,
             2 => State::NotReady,
             3 => State::Down,
+            4 => State::Draining,
             _ => State::Unknown,
         }
     }
@@ -82,6 +100,9 @@ pub enum Removal {
     Drain(Duration),
 }
 
+/// How far before a silence began a witness's own PINGs must all have been on time.
+const WITNESS_LOOKBACK: Duration = Duration::from_secs(2);
+
 /// What the health checker last saw, for /status.
 #[derive(Debug, Clone, Default)]
 pub struct Observed {
@@ -100,10 +121,18 @@ pub struct Backend {
     pub name: String,
     addrs: ArcSwap<Vec<SocketAddr>>,
     state: AtomicU8,
-    /// Set when a client connect to it failed; cleared by the next good health check.
+    /// Set when a client connect to it failed or it lost a first-byte race; cleared by the
+    /// next good health check made after that.
     passive_failed: AtomicBool,
+    passive_failed_at: Mutex<Option<Instant>>,
+    /// Since when it has been silent (down, its connections not closed yet: nowhere to go).
+    silent_since: Mutex<Option<Instant>>,
+    /// When the newest PING it answered on time was sent.
+    answered_on_time: Mutex<Option<Instant>>,
+    /// When the newest PING it answered late, or not within its window, was sent.
+    late: Mutex<Option<Instant>>,
     active: AtomicUsize,
-    /// Parent of nothing: cloned by each connection at commit, cancelled on `Down`.
+    /// Parent of nothing: cloned by each connection at commit; cancelled to close them all.
     conns: Mutex<CancellationToken>,
     /// Cancelled when apilb stops for good; every per-server token is its child.
     root: CancellationToken,
@@ -112,7 +141,7 @@ pub struct Backend {
     observed: Mutex<Observed>,
     source: Mutex<Source>,
     /// Removed from the set, its connections left to finish.
-    draining: AtomicBool,
+    removed: AtomicBool,
     pub metrics: ServerMetrics,
     registry: Arc<Metrics>,
 }
@@ -143,6 +172,10 @@ impl Backend {
             addrs: ArcSwap::from_pointee(addrs),
             state: AtomicU8::new(initial as u8),
             passive_failed: AtomicBool::new(false),
+            passive_failed_at: Mutex::new(None),
+            silent_since: Mutex::new(None),
+            answered_on_time: Mutex::new(None),
+            late: Mutex::new(None),
             active: AtomicUsize::new(0),
             conns: Mutex::new(root.child_token()),
             root: root.clone(),
@@ -153,7 +186,7 @@ impl Backend {
                 ..Observed::default()
             }),
             source: Mutex::new(Source::Seed),
-            draining: AtomicBool::new(false),
+            removed: AtomicBool::new(false),
             metrics,
             registry,
         }
@@ -163,8 +196,9 @@ impl Backend {
         *lock(&self.source)
     }
 
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
+    /// Removed from the set (by discovery), its connections finishing.
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Relaxed)
     }
 
     pub fn state(&self) -> State {
@@ -211,21 +245,28 @@ impl Backend {
         self.passive_failed.load(Ordering::Relaxed)
     }
 
-    /// A client connect to this server failed: keep new connections away until a health
-    /// check passes again.
+    /// A client connect to this server failed, or it did not answer a client in time: keep
+    /// new connections away until a health check passes again.
     pub fn mark_passive_failure(&self, why: &str) {
+        *lock(&self.passive_failed_at) = Some(Instant::now());
         if !self.passive_failed.swap(true, Ordering::Relaxed) {
             tracing::warn!(server = %self.name, cause = why,
                 "connect failed; no new connections until a health check passes");
         }
     }
 
-    pub fn clear_passive_failure(&self) {
-        self.passive_failed.store(false, Ordering::Relaxed);
+    /// A health check asked at `asked` passed: a passive failure seen before then is over.
+    pub fn clear_passive_failure(&self, asked: Instant) {
+        let mut at = lock(&self.passive_failed_at);
+        if at.is_none_or(|t| t <= asked) {
+            *at = None;
+            self.passive_failed.store(false, Ordering::Relaxed);
+        }
     }
 
-    /// Moves to `new`, logging the change once with its cause. Entering `Down` closes every
-    /// client connection pinned to this server. Returns the previous state.
+    /// Moves to `new`, logging the change once with its cause. Returns the previous state.
+    /// Closes nothing: closing the connections of a silent server is `Backends::silent`'s
+    /// call.
     pub fn set_state(&self, new: State, reason: &str) -> State {
         let old = State::from_u8(self.state.swap(new as u8, Ordering::AcqRel));
         {
@@ -244,12 +285,6 @@ impl Backend {
             State::Ready => {
                 tracing::info!(server = %self.name, from, to, cause = reason, "server state changed")
             }
-            State::Down => {
-                let open = self.active();
-                tracing::warn!(server = %self.name, from, to, cause = reason,
-                    closing_connections = open, "server state changed");
-                self.close_connections();
-            }
             _ => {
                 tracing::warn!(server = %self.name, from, to, cause = reason, "server state changed")
             }
@@ -259,7 +294,7 @@ impl Backend {
 
     /// Cancels the token every connection pinned here watches, and installs a fresh one for
     /// connections made from now on.
-    fn close_connections(&self) {
+    pub fn close_connections(&self) {
         let old = std::mem::replace(&mut *lock(&self.conns), self.root.child_token());
         old.cancel();
     }
@@ -280,6 +315,23 @@ impl Backend {
             "server removed from the set");
         self.close_connections();
         self.registry.remove_server(&self.name);
+    }
+
+    /// Whether this server proves the path to the control planes works for a silence that
+    /// began at `since`: it is ready, it answered on time a PING asked after `since`, and no
+    /// PING of its own asked from `WITNESS_LOOKBACK` before `since` on was late. A delay on
+    /// every path makes every server late together, and when it ends the first on-time answer
+    /// of one server can come before the late answer of another still in the pipe: such a
+    /// server is no witness.
+    fn witnesses(&self, since: Instant) -> bool {
+        let answered = lock(&self.answered_on_time).is_some_and(|a| a > since);
+        let clean = lock(&self.late).is_none_or(|l| l + WITNESS_LOOKBACK < since);
+        self.state() == State::Ready && answered && clean
+    }
+
+    /// Counts a failed health observation by cause.
+    pub fn count_failure(&self, cause: crate::judge::Cause) {
+        self.registry.health_failure(&self.name, cause);
     }
 
     pub fn observe(&self, f: impl FnOnce(&mut Observed)) {
@@ -316,7 +368,7 @@ impl Drop for ConnGuard {
 pub struct Backends {
     current: ArcSwap<Vec<Arc<Backend>>>,
     /// Servers removed from the set whose connections are still finishing.
-    draining: Arc<Mutex<Vec<Arc<Backend>>>>,
+    removed: Arc<Mutex<Vec<Arc<Backend>>>>,
     root: CancellationToken,
     metrics: Arc<Metrics>,
 }
@@ -330,7 +382,7 @@ impl Backends {
     pub fn new(root: CancellationToken, metrics: Arc<Metrics>) -> Backends {
         Backends {
             current: ArcSwap::from_pointee(Vec::new()),
-            draining: Arc::new(Mutex::new(Vec::new())),
+            removed: Arc::new(Mutex::new(Vec::new())),
             root,
             metrics,
         }
@@ -341,8 +393,8 @@ impl Backends {
     }
 
     /// Servers removed but still finishing their connections.
-    pub fn draining(&self) -> Vec<Arc<Backend>> {
-        lock(&self.draining).clone()
+    pub fn removed(&self) -> Vec<Arc<Backend>> {
+        lock(&self.removed).clone()
     }
 
     /// Makes `specs` the set: servers that stay keep their state and connections; new ones
@@ -359,7 +411,7 @@ impl Backends {
         let mut added = Vec::new();
         for (spec, source) in specs {
             let back_from_drain = {
-                let mut d = lock(&self.draining);
+                let mut d = lock(&self.removed);
                 d.iter()
                     .position(|b| &b.spec == spec)
                     .map(|i| d.swap_remove(i))
@@ -367,7 +419,7 @@ impl Backends {
             let b = match (old.iter().find(|b| &b.spec == spec), back_from_drain) {
                 (Some(b), _) => b.clone(),
                 (None, Some(b)) => {
-                    b.draining.store(false, Ordering::Relaxed);
+                    b.removed.store(false, Ordering::Relaxed);
                     b
                 }
                 (None, None) => {
@@ -405,11 +457,11 @@ impl Backends {
     /// No new connections (it left the set); existing ones run until the server goes down,
     /// they all end, or `grace` passes. Then the server is retired.
     fn drain(&self, b: Arc<Backend>, grace: Duration) {
-        b.draining.store(true, Ordering::Relaxed);
+        b.removed.store(true, Ordering::Relaxed);
         tracing::info!(server = %b.name, open_connections = b.active(),
             grace = %humantime::format_duration(grace), "server left the set: draining");
-        lock(&self.draining).push(b.clone());
-        let list = self.draining.clone();
+        lock(&self.removed).push(b.clone());
+        let list = self.removed.clone();
         tokio::spawn(async move {
             let down = b.conn_token();
             let deadline = tokio::time::sleep(grace);
@@ -422,11 +474,11 @@ impl Backends {
                     () = down.cancelled() => break,
                     _ = tick.tick() => if b.active() == 0 { break },
                 }
-                if !b.is_draining() {
+                if !b.is_removed() {
                     return; // back in the set
                 }
             }
-            if b.is_draining() {
+            if b.is_removed() {
                 lock(&list).retain(|x| !Arc::ptr_eq(x, &b));
                 b.retire();
             }
@@ -435,6 +487,73 @@ impl Backends {
 
     pub fn any_ready(&self) -> bool {
         self.snapshot().iter().any(|b| b.state() == State::Ready)
+    }
+
+    /// `b` went silent at `since` and is down. Its pinned connections are closed now if
+    /// another ready server has answered a PING on time that was asked after `since`;
+    /// otherwise they are kept until one does (`answered`) or `b` speaks again (`spoke`).
+    /// Closing into a set where nothing is known to be alive helps no client, and a delay on
+    /// every path looks like silence on every server at once.
+    pub fn silent(&self, b: &Arc<Backend>, since: Instant) {
+        {
+            let mut s = lock(&b.silent_since);
+            if s.is_none() {
+                *s = Some(since);
+            }
+        }
+        let witness = self
+            .snapshot()
+            .iter()
+            .find(|other| !Arc::ptr_eq(other, b) && other.witnesses(since))
+            .map(|other| other.name.clone());
+        match witness {
+            Some(w) => Self::close_silent(b, &w),
+            None => tracing::info!(server = %b.name, open_connections = b.active(),
+                "silent, but no other server has answered since: keeping its connections \
+                 until one does"),
+        }
+    }
+
+    /// `b` answered on time a PING asked at `asked`: it is live, and every silent server whose
+    /// silence began before `asked` can now have its connections closed (if `b` is ready).
+    pub fn answered(&self, b: &Arc<Backend>, asked: Instant) {
+        *lock(&b.silent_since) = None;
+        {
+            let mut a = lock(&b.answered_on_time);
+            if a.is_none_or(|t| t < asked) {
+                *a = Some(asked);
+            }
+        }
+        for other in self.snapshot().iter() {
+            if Arc::ptr_eq(other, b) || other.state() != State::Down {
+                continue;
+            }
+            let since = *lock(&other.silent_since);
+            if since.is_some_and(|since| b.witnesses(since)) {
+                Self::close_silent(other, &b.name);
+            }
+        }
+    }
+
+    /// `b` answered a PING asked at `asked` late, or let it go past its window.
+    pub fn late(&self, b: &Backend, asked: Instant) {
+        let mut l = lock(&b.late);
+        if l.is_none_or(|t| t < asked) {
+            *l = Some(asked);
+        }
+    }
+
+    /// `b` answered (a connect, a handshake, a late PING): not silent any more, so nothing
+    /// pending is closed.
+    pub fn spoke(&self, b: &Backend) {
+        *lock(&b.silent_since) = None;
+    }
+
+    fn close_silent(b: &Backend, witness: &str) {
+        *lock(&b.silent_since) = None;
+        tracing::warn!(server = %b.name, closing_connections = b.active(), answered = witness,
+            "closing the connections of a silent server; another server is answering");
+        b.close_connections();
     }
 }
 
@@ -446,8 +565,18 @@ mod tests {
         ServerSpec::parse(s).unwrap()
     }
 
+    fn two() -> (Backends, Arc<Backend>, Arc<Backend>) {
+        let set = Backends::new(CancellationToken::new(), Arc::new(Metrics::new()));
+        let seed = |s: &str| (spec(s), Source::Seed);
+        set.replace(&[seed("127.0.0.2:1"), seed("127.0.0.3:1")], Removal::Close);
+        let (a, b) = (set.snapshot()[0].clone(), set.snapshot()[1].clone());
+        a.set_state(State::Ready, "ok");
+        b.set_state(State::Ready, "ok");
+        (set, a, b)
+    }
+
     #[test]
-    fn down_cancels_pinned_connections_and_installs_a_fresh_token() {
+    fn no_state_alone_closes_connections() {
         let root = CancellationToken::new();
         let b = Backend::new(
             spec("127.0.0.2:1"),
@@ -456,14 +585,82 @@ mod tests {
             State::Unknown,
         );
         let pinned = b.conn_token();
-        b.set_state(State::NotReady, "readyz 500");
-        assert!(
-            !pinned.is_cancelled(),
-            "not-ready must leave connections alone"
-        );
-        b.set_state(State::Down, "ping timeout");
+        for s in State::ALL {
+            b.set_state(s, "test");
+            assert!(!pinned.is_cancelled(), "{s:?} closed connections by itself");
+        }
+        b.close_connections();
         assert!(pinned.is_cancelled());
-        assert!(!b.conn_token().is_cancelled());
+        assert!(
+            !b.conn_token().is_cancelled(),
+            "a fresh token for new connections"
+        );
+    }
+
+    #[test]
+    fn a_silent_server_is_closed_once_another_answers_a_later_question() {
+        let (set, a, b) = two();
+        let t0 = Instant::now();
+        let pinned = a.conn_token();
+        // b's last on-time answer was to a PING asked before a went silent: no evidence.
+        set.answered(&b, t0);
+        a.set_state(State::Down, "silent");
+        set.silent(&a, t0 + Duration::from_millis(1));
+        assert!(!pinned.is_cancelled(), "nowhere known to be alive yet");
+        // b answers a PING asked after a's silence began: close.
+        set.answered(&b, t0 + Duration::from_millis(2));
+        assert!(pinned.is_cancelled());
+    }
+
+    #[test]
+    fn a_silent_server_is_closed_at_once_when_another_already_answered_later() {
+        let (set, a, b) = two();
+        let t0 = Instant::now();
+        let pinned = a.conn_token();
+        set.answered(&b, t0 + Duration::from_millis(5));
+        a.set_state(State::Down, "silent");
+        set.silent(&a, t0);
+        assert!(pinned.is_cancelled());
+    }
+
+    #[test]
+    fn closing_needs_a_ready_witness_and_a_silent_server() {
+        let (set, a, b) = two();
+        let t0 = Instant::now();
+        let pinned = a.conn_token();
+        a.set_state(State::Down, "silent");
+        set.silent(&a, t0);
+        // A witness that is not ready does not count.
+        b.set_state(State::NotReady, "readyz 500");
+        set.answered(&b, t0 + Duration::from_millis(1));
+        assert!(!pinned.is_cancelled());
+        // A late answer from a itself: not silent any more, nothing pending.
+        set.spoke(&a);
+        b.set_state(State::Ready, "ok");
+        set.answered(&b, t0 + Duration::from_millis(2));
+        assert!(!pinned.is_cancelled());
+        // Silent again, and b answers: closed.
+        set.silent(&a, t0 + Duration::from_millis(3));
+        set.answered(&b, t0 + Duration::from_millis(4));
+        assert!(pinned.is_cancelled());
+        // A server that is not down is never closed by another's answer.
+        let pinned_b = b.conn_token();
+        set.answered(&a, t0 + Duration::from_millis(5));
+        assert!(!pinned_b.is_cancelled());
+    }
+
+    #[test]
+    fn a_passive_failure_is_cleared_only_by_a_check_asked_after_it() {
+        let (_set, a, _b) = two();
+        let before = Instant::now();
+        a.mark_passive_failure("refused");
+        a.clear_passive_failure(before);
+        assert!(
+            a.passive_failed(),
+            "a check asked before the failure proves nothing"
+        );
+        a.clear_passive_failure(Instant::now());
+        assert!(!a.passive_failed());
     }
 
     #[test]
@@ -502,11 +699,11 @@ mod tests {
         );
         assert_eq!(set.snapshot().len(), 1, "no new connections to it");
         assert!(!pinned.is_cancelled(), "its connection stays");
-        assert!(leaving.is_draining());
-        assert_eq!(set.draining().len(), 1);
+        assert!(leaving.is_removed());
+        assert_eq!(set.removed().len(), 1);
         drop(conn);
         leaving.retired().cancelled().await;
-        assert!(set.draining().is_empty());
+        assert!(set.removed().is_empty());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! the load. The others follow, so that a client sees a failure only when every server
 //! failed. When no server is eligible, apilb is in panic mode: a wrong health verdict must
 //! never cut the node off, so every server is tried anyway — those that answer /readyz with
-//! an error (alive) before those that are down. Pure function of a snapshot; no I/O.
+//! an error (alive) first, then those leaving, then the silent ones. Pure function of a snapshot; no I/O.
 
 use std::sync::Arc;
 
@@ -27,7 +27,8 @@ fn fallback_rank(b: &Backend) -> u8 {
     match b.state() {
         State::Ready | State::Unknown => 0,
         State::NotReady => 1,
-        State::Down => 2,
+        State::Draining => 2,
+        State::Down => 3,
     }
 }
 

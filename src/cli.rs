@@ -120,11 +120,12 @@ pub struct RunArgs {
     #[arg(long, value_parser = duration, value_name = "DURATION")]
     pub health_ping_interval: Option<Duration>,
 
-    /// A PING unanswered this long is a failed liveness check. [default: 600ms]
+    /// The shortest window a PING gets before it counts as unanswered; the window follows
+    /// the server's own round-trip time (srtt + 4·rttvar) above it. [default: 600ms]
     #[arg(long, value_parser = duration, value_name = "DURATION")]
     pub health_ping_timeout: Option<Duration>,
 
-    /// GET /readyz interval (±10% jitter; 1s while a server is not ready). [default: 4s]
+    /// GET /readyz interval (±10% jitter; 1s while a server is not ready). [default: 30s]
     #[arg(long, value_parser = duration, value_name = "DURATION")]
     pub health_readyz_interval: Option<Duration>,
 
@@ -132,8 +133,8 @@ pub struct RunArgs {
     #[arg(long, value_parser = duration, value_name = "DURATION")]
     pub health_timeout: Option<Duration>,
 
-    /// Consecutive liveness failures that mark a server down (and close its connections).
-    /// [default: 2]
+    /// Consecutive silent PING windows (or connect/handshake timeouts) that mark a server
+    /// down; its connections are then closed once another server answers. [default: 3]
     #[arg(long, value_name = "N")]
     pub health_fall: Option<u32>,
 

@@ -32,9 +32,9 @@ pub mod defaults {
     pub const REPLAY_LIMIT: usize = 8 * 1024;
     pub const PING_INTERVAL: Duration = Duration::from_secs(1);
     pub const PING_TIMEOUT: Duration = Duration::from_millis(600);
-    pub const READYZ_INTERVAL: Duration = Duration::from_secs(4);
+    pub const READYZ_INTERVAL: Duration = Duration::from_secs(30);
     pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
-    pub const FALL: u32 = 2;
+    pub const FALL: u32 = 3;
     pub const RISE: u32 = 2;
     pub const MAX_CONNECTIONS: usize = 10_000;
     pub const WORKERS: usize = 2;

@@ -9,7 +9,8 @@
 //! * **First-byte racing.** A connected server is not yet committed. If the client has spoken
 //!   (its TLS ClientHello) and the server has not answered within the first-byte timeout,
 //!   the client's bytes so far are replayed to a newly connected next server, and the first
-//!   server to answer wins. Only bytes sent before any server byte are replayed, at most
+//!   server to answer wins, and the silent one gets no new connections until a health check
+//!   passes. Only bytes sent before any server byte are replayed, at most
 //!   `replay_limit` of them; past that the connection is pinned to the servers it has. This
 //!   saves connections that would go to a frozen apiserver (kernel accepts, process never
 //!   answers), which connect racing cannot see.
@@ -366,6 +367,14 @@ pub async fn establish(
             }
             Event::FirstByteTimeout => {
                 timer_armed = false;
+                // Frozen means failed: a server that connected but did not answer the client
+                // in time gets no new connections until a health check passes.
+                for r in &racers {
+                    r.up.backend().mark_passive_failure(&format!(
+                        "no answer to a client within {}",
+                        humantime::format_duration(s.first_byte_timeout)
+                    ));
+                }
                 if let Some(mut c) = candidates.take() {
                     crate::balance::rank(c.make_contiguous());
                     pending = Some(Box::pin(connect_race(c, s)));

@@ -626,7 +626,7 @@ impl Discovery {
         rand::seq::SliceRandom::shuffle(order.as_mut_slice(), &mut rand::rng());
         order.sort_by_key(|b| match b.state() {
             State::Ready => 0,
-            State::Unknown | State::NotReady => 1,
+            State::Unknown | State::NotReady | State::Draining => 1,
             State::Down => 2,
         });
         let mut answer = Err("no server to ask".to_string());

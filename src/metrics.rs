@@ -59,6 +59,12 @@ pub enum Check {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerCause {
+    pub server: String,
+    pub cause: crate::judge::Cause,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServerState {
     pub server: String,
     pub state: &'static str,
@@ -95,6 +101,7 @@ pub struct Metrics {
     pub bytes: Family<ServerDirection, Counter>,
     pub check_seconds: Family<ServerCheck, Histogram, fn() -> Histogram>,
     pub failover_closed: Family<ServerLabel, Counter>,
+    pub health_failures: Family<ServerCause, Counter>,
     pub accepted: Counter,
     pub rejected: Family<Reason, Counter>,
     pub panic_mode: Gauge,
@@ -125,6 +132,7 @@ impl Metrics {
             bytes: Family::default(),
             check_seconds: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             failover_closed: Family::default(),
+            health_failures: Family::default(),
             accepted: Counter::default(),
             rejected: Family::default(),
             panic_mode: Gauge::default(),
@@ -135,7 +143,7 @@ impl Metrics {
         };
         registry.register(
             "server_state",
-            "1 for the state each server is in (ready, not_ready, down, unknown)",
+            "1 for the state each server is in (ready, not_ready, draining, down, unknown)",
             m.server_state.clone(),
         );
         registry.register(
@@ -165,8 +173,15 @@ impl Metrics {
         );
         registry.register(
             "failover_closed_connections",
-            "Client connections closed because their server went down or was removed",
+            "Client connections closed because their server went silent or was removed",
             m.failover_closed.clone(),
+        );
+        registry.register(
+            "health_failures",
+            "Failed health observations, by server and cause: silence (ping_timeout, \
+             connect_timeout, handshake_timeout, unreachable), leaving (goaway, closed, reset, \
+             refused), and tls, protocol, readyz_status, readyz_timeout",
+            m.health_failures.clone(),
         );
         registry.register(
             "connections_accepted",
@@ -269,6 +284,10 @@ impl Metrics {
         self.active.remove(&ServerLabel { server: s() });
         self.connect_seconds.remove(&ServerLabel { server: s() });
         self.failover_closed.remove(&ServerLabel { server: s() });
+        for cause in crate::judge::Cause::ALL {
+            self.health_failures
+                .remove(&ServerCause { server: s(), cause });
+        }
         for result in [
             ConnectResult::ok,
             ConnectResult::refused,
@@ -310,6 +329,15 @@ impl Metrics {
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0);
         self.discovery_last_success.set(now);
+    }
+
+    pub fn health_failure(&self, server: &str, cause: crate::judge::Cause) {
+        self.health_failures
+            .get_or_create(&ServerCause {
+                server: server.to_string(),
+                cause,
+            })
+            .inc();
     }
 
     pub fn reject(&self, reason: RejectReason) {

@@ -119,6 +119,7 @@ pub async fn run(args: RunArgs, cfg: Config) -> anyhow::Result<()> {
         tls,
         settings: cfg.health,
         tls_server_name: cfg.health_tls_server_name.clone(),
+        set: backends.clone(),
     });
 
     let mut inherited = socket::inherited();

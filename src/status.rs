@@ -76,8 +76,8 @@ pub fn render(s: &Status) -> String {
         "REASON".into(),
     ]];
     for v in &s.servers {
-        let state = if v.draining {
-            format!("{} (draining)", v.state)
+        let state = if v.removed {
+            format!("{} (removed)", v.state)
         } else if v.connect_failed && v.state == "ready" {
             "ready*".to_string()
         } else {

@@ -160,7 +160,7 @@ async fn sources(lb: &Apilb) -> Vec<(String, String, bool)> {
             (
                 s["server"].as_str().unwrap().to_string(),
                 s["source"].as_str().unwrap().to_string(),
-                s["draining"].as_bool().unwrap(),
+                s["removed"].as_bool().unwrap(),
             )
         })
         .collect()
@@ -202,7 +202,7 @@ async fn follows_added_and_removed_control_planes() {
         "a not-yet-checked server got traffic: {failed:?}"
     );
     assert_eq!(ok.len(), 20);
-    lb.wait_state(mark, c.addr(2), "down", Duration::from_secs(10));
+    lb.wait_state(mark, c.addr(2), "draining", Duration::from_secs(10));
 
     // Removed: no new connections, its open stream stays (drain), until the server goes.
     let mut ws = watches_on(lb.listen, &c.pki, &["cp1"]).await;

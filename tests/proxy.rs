@@ -196,7 +196,7 @@ async fn admin_endpoints_and_status_command() {
     let mark = lb.mark();
     drop(s1);
     s2.kill();
-    lb.wait_state(mark, s2.addr, "down", Duration::from_secs(10));
+    lb.wait_state(mark, s2.addr, "draining", Duration::from_secs(10));
     let st = lb.status().await;
     assert_eq!(st["ready"], false);
     assert_eq!(lb.admin_get("/readyz").await.0, 503);

@@ -12,6 +12,16 @@
 //! stdout, then serves until SIGTERM/SIGINT (exit 0). Bad flags or unreadable
 //! certificate/key files exit 1 with a message naming the flag.
 //!
+//! With `--graceful`, SIGTERM starts kube-apiserver's graceful termination instead
+//! (k8s.io/apiserver `genericapiserver.go`, `lifecycle_signals.go`):
+//! 1. `/readyz` answers 500 (`[-]shutdown failed`) at once; everything else is still served;
+//! 2. after `--shutdown-delay` (0 by default, as kubeadm's `--shutdown-delay-duration`) the
+//!    listener closes, so new connections are refused; then every HTTP/2 connection gets a
+//!    GOAWAY with the last processed stream id, idle HTTP/1.1 connections are closed and busy
+//!    ones after their response (Go's `http.Server.Shutdown` does it in this order);
+//! 3. in-flight responses finish; watches are ended cleanly (their final chunk);
+//! 4. the process exits 0 once every connection has ended (60 s at most).
+//!
 //! Every accepted connection is classified by its first byte:
 //!
 //! * `0x16` (a TLS handshake record): TLS (ALPN `h2` and `http/1.1`), then HTTP/2 or
@@ -26,21 +36,27 @@
 //! * `GET /readyz`: the current readiness status (200 `ok` by default).
 //! * `GET /healthz`, `GET /livez`: 200 `ok`.
 //! * `PUT /-/readyz?status=N` (100-599): make `/readyz` answer `N` from now on.
+//! * `PUT /-/goaway`: send GOAWAY on every HTTP/2 connection open now, and stay up (as
+//!   kube-apiserver's `--goaway-chance` or an idle timeout do).
 //! * `GET /whoami`: `{"server":<name>,"client_cert":<bool>,"alpn":"h2"|"http/1.1"}` + `\n`.
 //! * `POST /echo`: streams the request body back unchanged.
 //! * `GET /bytes?n=N`: exactly `N` bytes, byte `i` being `i % 251`, streamed.
 //! * `GET /watch[?interval_ms=100]`: a never-ending `application/json` stream, one line
-//!   `{"type":"ADDED","server":<name>,"seq":N}` per interval, `N` counting from 0.
+//!   `{"type":"ADDED","server":<name>,"seq":N}` per interval, `N` counting from 0 (ended
+//!   cleanly by a graceful shutdown).
+//! * `GET /slow?n=N&ms=M`: the `/bytes` pattern, `N` bytes spread over about `M` ms (a
+//!   request in flight whose bytes the client can verify).
 //! * anything else: 404.
 
 use std::convert::Infallible;
 use std::error::Error as StdError;
+use std::future::Future as _;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -62,6 +78,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::time::{Interval, MissedTickBehavior};
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::task::TaskTracker;
 
 /// Buffer size for raw-mode echo and chunk size for `/bytes`.
 const CHUNK: usize = 64 * 1024;
@@ -106,12 +124,28 @@ struct Args {
     /// Offer only HTTP/1.1 in ALPN (a server that does not negotiate h2).
     #[arg(long)]
     http1_only: bool,
+    /// On SIGTERM, shut down as kube-apiserver does (see the module doc) instead of at once.
+    #[arg(long)]
+    graceful: bool,
+    /// With --graceful: how long /readyz fails before the listener closes.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    shutdown_delay: Duration,
 }
+
+/// The longest a graceful shutdown waits for connections to end.
+const SHUTDOWN_LIMIT: Duration = Duration::from_secs(60);
 
 /// State shared by all connections.
 struct Shared {
     name: Arc<str>,
     readyz: AtomicU16,
+    /// Set at SIGTERM with --graceful: /readyz fails from then on.
+    terminating: AtomicBool,
+    /// Cancelled when the listener has closed: connections shut down gracefully, watches end.
+    shutdown: CancellationToken,
+    /// Cancelled (and replaced) by `PUT /-/goaway`: the HTTP/2 connections open then get a
+    /// GOAWAY; the server stays up.
+    goaway: std::sync::Mutex<CancellationToken>,
     api_dir: Option<PathBuf>,
     /// Who last read the API paths: client certificate fingerprint and Authorization.
     last_api_client: std::sync::Mutex<String>,
@@ -223,19 +257,34 @@ async fn run(args: Args) -> Result<()> {
     let shared = Arc::new(Shared {
         name: Arc::from(args.name.as_str()),
         readyz: AtomicU16::new(200),
+        terminating: AtomicBool::new(false),
+        shutdown: CancellationToken::new(),
+        goaway: std::sync::Mutex::new(CancellationToken::new()),
         api_dir: args.api_dir.clone(),
         last_api_client: std::sync::Mutex::new(String::new()),
     });
 
+    let tracker = TaskTracker::new();
+    // Armed at SIGTERM with --graceful: when the listener closes.
+    let close_at = tokio::time::sleep(Duration::from_secs(86_400));
+    tokio::pin!(close_at);
     loop {
         tokio::select! {
-            _ = sigterm.recv() => return Ok(()),
+            _ = sigterm.recv(), if !shared.terminating.load(Ordering::Relaxed) => {
+                if !args.graceful {
+                    return Ok(());
+                }
+                // Step 1: /readyz fails at once; everything is still served during the delay.
+                shared.terminating.store(true, Ordering::Relaxed);
+                close_at.as_mut().reset(tokio::time::Instant::now() + args.shutdown_delay);
+            }
             _ = sigint.recv() => return Ok(()),
+            () = &mut close_at => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let shared = shared.clone();
                     let acceptor = acceptor.clone();
-                    tokio::spawn(async move {
+                    tracker.spawn(async move {
                         if let Err(e) = handle_conn(stream, acceptor, shared.clone()).await {
                             eprintln!("[{}] connection from {peer}: {e:#}", shared.name);
                         }
@@ -249,6 +298,14 @@ async fn run(args: Args) -> Result<()> {
             },
         }
     }
+    // Step 2: the listener closes (new connections are refused), then every connection is
+    // shut down gracefully; step 3: what is in flight finishes, watches end.
+    drop(listener);
+    shared.shutdown.cancel();
+    tracker.close();
+    // Step 4: exit once every connection has ended.
+    let _ = tokio::time::timeout(SHUTDOWN_LIMIT, tracker.wait()).await;
+    Ok(())
 }
 
 /// Builds the rustls server config from the command-line flags.
@@ -375,8 +432,20 @@ async fn serve_tls(stream: TcpStream, acceptor: TlsAcceptor, shared: Arc<Shared>
         }
     };
 
+    let shutdown = shared.shutdown.clone();
+    let goaway = match (info.alpn, shared.goaway.lock()) {
+        (Some("h2"), Ok(t)) => t.clone(),
+        // HTTP/1.1 has no GOAWAY.
+        _ => CancellationToken::new(),
+    };
+    // Told of the connection's first request: a graceful shutdown leaves a connection alone
+    // until it has had one (Go's http.Server.Shutdown does not close a new connection that
+    // has not sent its first request yet, for up to 5 s).
+    let first_request = Arc::new(tokio::sync::Notify::new());
+    let told = first_request.clone();
     let service = service_fn(move |req: Request<Incoming>| {
         let shared = shared.clone();
+        told.notify_one();
         async move { Ok::<_, Infallible>(route(req, &shared, info)) }
     });
 
@@ -386,10 +455,27 @@ async fn serve_tls(stream: TcpStream, acceptor: TlsAcceptor, shared: Arc<Shared>
         Some(_) => builder.http1_only(),
         None => builder,
     };
-    builder
-        .serve_connection(TokioIo::new(tls), service)
-        .await
-        .map_err(|e| anyhow!("HTTP: {e}"))
+    let conn = builder.serve_connection(TokioIo::new(tls), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = goaway.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+        () = shutdown.cancelled() => {
+            tokio::select! {
+                r = conn.as_mut() => return r.map_err(|e| anyhow!("HTTP: {e}")),
+                () = first_request.notified() => {}
+                () = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+            // HTTP/2: GOAWAY with the last processed stream id, open streams finish.
+            // HTTP/1.1: closed when idle, or after the response in flight.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    result.map_err(|e| anyhow!("HTTP: {e}"))
 }
 
 fn route(req: Request<Incoming>, shared: &Shared, info: ConnInfo) -> Response<RespBody> {
@@ -397,6 +483,12 @@ fn route(req: Request<Incoming>, shared: &Shared, info: ConnInfo) -> Response<Re
     let query = req.uri().query().unwrap_or("");
     match path {
         "/readyz" => {
+            if shared.terminating.load(Ordering::Relaxed) {
+                return text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "[-]shutdown failed: reason withheld\nreadyz check failed",
+                );
+            }
             let status = StatusCode::from_u16(shared.readyz.load(Ordering::Relaxed))
                 .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let body = if status.is_success() {
@@ -424,6 +516,15 @@ fn route(req: Request<Incoming>, shared: &Shared, info: ConnInfo) -> Response<Re
                     "status must be an integer in 100..=599\n",
                 ),
             }
+        }
+        "/-/goaway" => {
+            if req.method() != Method::PUT && req.method() != Method::POST {
+                return text(StatusCode::METHOD_NOT_ALLOWED, "use PUT /-/goaway\n");
+            }
+            if let Ok(mut t) = shared.goaway.lock() {
+                std::mem::take(&mut *t).cancel();
+            }
+            text(StatusCode::OK, "GOAWAY sent on every HTTP/2 connection\n")
         }
         "/whoami" => {
             let alpn = info.alpn.unwrap_or(if req.version() == Version::HTTP_2 {
@@ -490,13 +591,38 @@ fn route(req: Request<Incoming>, shared: &Shared, info: ConnInfo) -> Response<Re
                     }
                 },
             };
-            let body = WatchBody::new(shared.name.clone(), Duration::from_millis(interval_ms));
+            let body = WatchBody::new(
+                shared.name.clone(),
+                Duration::from_millis(interval_ms),
+                shared.shutdown.clone(),
+            );
             let mut resp = Response::new(body.boxed());
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
                 header::HeaderValue::from_static("application/json"),
             );
             resp
+        }
+        "/slow" => {
+            let n = query_param(query, "n").and_then(|s| s.parse::<u64>().ok());
+            let ms = query_param(query, "ms").and_then(|s| s.parse::<u64>().ok());
+            match (n, ms) {
+                (Some(n), Some(ms @ 0..=MAX_WATCH_INTERVAL_MS)) => {
+                    let mut resp =
+                        Response::new(SlowBody::new(n, Duration::from_millis(ms)).boxed());
+                    let headers = resp.headers_mut();
+                    headers.insert(
+                        header::CONTENT_TYPE,
+                        header::HeaderValue::from_static("application/octet-stream"),
+                    );
+                    headers.insert(header::CONTENT_LENGTH, header::HeaderValue::from(n));
+                    resp
+                }
+                _ => text(
+                    StatusCode::BAD_REQUEST,
+                    "n must be a non-negative integer, ms an integer in 0..=3600000\n",
+                ),
+            }
         }
         _ => text(StatusCode::NOT_FOUND, "404 page not found\n"),
     }
@@ -582,16 +708,73 @@ impl Body for PatternBody {
     }
 }
 
-/// `/watch` body: one JSON line per tick, forever. Hyper drops it when the client
-/// goes away, which ends the stream.
+/// `/slow` body: `remaining` bytes of the `/bytes` pattern, in 20 slices over `period`.
+struct SlowBody {
+    sent: u64,
+    remaining: u64,
+    slice: u64,
+    interval: Interval,
+}
+
+impl SlowBody {
+    fn new(n: u64, period: Duration) -> Self {
+        const SLICES: u32 = 20;
+        let mut interval = tokio::time::interval((period / SLICES).max(Duration::from_millis(1)));
+        interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Self {
+            sent: 0,
+            remaining: n,
+            slice: n.div_ceil(u64::from(SLICES)).max(1),
+            interval,
+        }
+    }
+}
+
+impl Body for SlowBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        if self.interval.poll_tick(cx).is_pending() {
+            return Poll::Pending;
+        }
+        let len = self.slice.min(self.remaining);
+        let start = self.sent;
+        // `% PERIOD` keeps every value below 251.
+        let chunk: Vec<u8> = (start..start + len)
+            .map(|i| (i % PERIOD as u64) as u8)
+            .collect();
+        self.sent += len;
+        self.remaining -= len;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(chunk)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
+    }
+}
+
+/// `/watch` body: one JSON line per tick until a graceful shutdown ends it cleanly. Hyper
+/// drops it when the client goes away, which ends the stream too.
 struct WatchBody {
     name: Arc<str>,
     interval: Interval,
     seq: u64,
+    ended: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
 impl WatchBody {
-    fn new(name: Arc<str>, period: Duration) -> Self {
+    fn new(name: Arc<str>, period: Duration, shutdown: CancellationToken) -> Self {
         // The first tick completes immediately, so event 0 is sent right away.
         let mut interval = tokio::time::interval(period);
         interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -599,6 +782,7 @@ impl WatchBody {
             name,
             interval,
             seq: 0,
+            ended: Box::pin(shutdown.cancelled_owned()),
         }
     }
 }
@@ -612,6 +796,10 @@ impl Body for WatchBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if this.ended.as_mut().poll(cx).is_ready() {
+            // The watch ends cleanly: the response's final chunk (HTTP/1.1) or END_STREAM.
+            return Poll::Ready(None);
+        }
         match this.interval.poll_tick(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(_) => {

@@ -172,6 +172,8 @@ pub struct Standin {
     client_ca: bool,
     api_dir: Option<PathBuf>,
     pub http1_only: bool,
+    /// Shut down as kube-apiserver does on SIGTERM, after this shutdown delay.
+    pub graceful: Option<Duration>,
     certs: (PathBuf, PathBuf, PathBuf),
 }
 
@@ -199,6 +201,7 @@ impl Standin {
             client_ca,
             api_dir: api_dir.map(|p| p.to_path_buf()),
             http1_only: false,
+            graceful: None,
             certs: (pki.cert.clone(), pki.key.clone(), pki.ca.clone()),
         };
         s.restart();
@@ -225,6 +228,11 @@ impl Standin {
         }
         if self.http1_only {
             cmd.arg("--http1-only");
+        }
+        if let Some(delay) = self.graceful {
+            cmd.arg("--graceful")
+                .arg("--shutdown-delay")
+                .arg(format!("{}ms", delay.as_millis()));
         }
         let mut child = cmd
             .stdout(Stdio::piped())
@@ -257,6 +265,40 @@ impl Standin {
 
     pub fn thaw(&self) {
         assert_eq!(unsafe { libc::kill(self.pid(), libc::SIGCONT) }, 0);
+    }
+
+    /// A stand-in that shuts down as kube-apiserver does on SIGTERM (`--graceful`).
+    pub fn start_graceful(pki: &Pki, ip: [u8; 4], name: &str, delay: Duration) -> Standin {
+        let mut s = Self::start(pki, ip, name);
+        s.graceful = Some(delay);
+        s.restart();
+        s
+    }
+
+    /// SIGTERM: with `graceful`, the start of kube-apiserver's graceful shutdown.
+    pub fn terminate(&self) {
+        assert_eq!(unsafe { libc::kill(self.pid(), libc::SIGTERM) }, 0);
+    }
+
+    /// Waits (off the async runtime) for the process to exit; its exit code.
+    pub async fn exited(&mut self, timeout: Duration) -> Option<i32> {
+        let mut child = self.child.take().expect("stand-in not running");
+        let waited = tokio::task::spawn_blocking(move || child.wait());
+        let status = tokio::time::timeout(timeout, waited)
+            .await
+            .unwrap_or_else(|_| panic!("{} did not exit within {timeout:?}", self.name))
+            .unwrap()
+            .unwrap();
+        status.code()
+    }
+
+    /// Sends GOAWAY on every HTTP/2 connection it has, and keeps serving (as
+    /// `--goaway-chance` does).
+    pub async fn goaway(&self, pki: &Pki) {
+        let (code, _) = request(self.addr, pki, "PUT", "/-/goaway", false)
+            .await
+            .unwrap();
+        assert_eq!(code, 200);
     }
 
     /// Makes /readyz answer `status` (directly, not through apilb).
@@ -459,6 +501,50 @@ impl Apilb {
         let (code, body) = self.admin_get("/status").await;
         assert_eq!(code, 200);
         serde_json::from_str(&body).unwrap()
+    }
+
+    /// `server`'s state in `/status`.
+    pub async fn state_of(&self, server: SocketAddr) -> String {
+        let st = self.status().await;
+        let name = server.to_string();
+        st["servers"]
+            .as_array()
+            .and_then(|a| a.iter().find(|v| v["server"] == name.as_str()))
+            .and_then(|v| v["state"].as_str())
+            .unwrap_or("absent")
+            .to_string()
+    }
+
+    /// Waits until `/status` shows `server` in `state` (polled every 10 ms: the state, not a
+    /// log line, is what is asserted). Panics after `timeout`.
+    pub async fn wait_status(&self, server: SocketAddr, state: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let now = self.state_of(server).await;
+            if now == state {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{server} is {now}, not {state}, after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The value of a counter or gauge in `/metrics`: the sum of the samples of `name` whose
+    /// labels contain every one of `labels` (`key="value"`).
+    pub async fn metric(&self, name: &str, labels: &[&str]) -> f64 {
+        let (_, text) = self.admin_get("/metrics").await;
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (series, value) = l.rsplit_once(' ')?;
+                let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+                (n == name && labels.iter().all(|x| rest.contains(x)))
+                    .then(|| value.parse::<f64>().ok())?
+            })
+            .sum()
     }
 }
 
@@ -692,4 +778,253 @@ pub async fn many_whoami(addr: SocketAddr, pki: &Pki, n: usize) -> (Vec<String>,
         }
     }
     (ok, failed)
+}
+
+impl Watch {
+    /// Reads the stream to its end and says how it ended: `Ok` only for a clean end (the
+    /// response's final chunk, then the connection closed), the error otherwise (a reset, or
+    /// an end without the final chunk). Panics past `timeout`.
+    pub async fn end(&mut self, timeout: Duration) -> Result<(), String> {
+        let work = async {
+            let mut last_chunk = false;
+            loop {
+                let mut line = String::new();
+                match self.reader.read_line(&mut line).await {
+                    Ok(0) if last_chunk => return Ok(()),
+                    Ok(0) => return Err("closed without the final chunk".to_string()),
+                    Ok(_) => last_chunk |= line == "0\r\n",
+                    Err(e) => return Err(format!("{:?}: {e}", e.kind())),
+                }
+            }
+        };
+        tokio::time::timeout(timeout, work)
+            .await
+            .unwrap_or_else(|_| panic!("stream on {} still open after {timeout:?}", self.server))
+    }
+}
+
+/// A slow response in flight through apilb: `GET /whoami` then `GET /slow` on one
+/// keep-alive connection, so the server that answers is known; its body is checked byte for
+/// byte (the `/bytes` pattern).
+pub struct Slow {
+    pub server: String,
+    pub done: tokio::task::JoinHandle<Result<(), String>>,
+}
+
+impl Slow {
+    pub async fn start(addr: SocketAddr, pki: &Pki, n: usize, ms: u64) -> Slow {
+        let s = tls(addr, pki, false).await.unwrap();
+        let mut r = ABufReader::new(s);
+        r.get_mut()
+            .write_all(format!("GET /whoami HTTP/1.1\r\nHost: {SERVER_NAME}\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let (status, body) = read_response(&mut r).await.unwrap();
+        assert_eq!(status, 200);
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        let server = v["server"].as_str().unwrap().to_string();
+        r.get_mut()
+            .write_all(
+                format!(
+                    "GET /slow?n={n}&ms={ms} HTTP/1.1\r\nHost: {SERVER_NAME}\r\nConnection: close\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+        let done = tokio::spawn(async move {
+            let (status, body) = read_response(&mut r).await.map_err(|e| e.to_string())?;
+            if status != 200 {
+                return Err(format!("status {status}"));
+            }
+            if body.len() != n {
+                return Err(format!("{} of {n} bytes", body.len()));
+            }
+            match body
+                .iter()
+                .enumerate()
+                .find(|(i, b)| **b != (i % 251) as u8)
+            {
+                Some((i, _)) => Err(format!("byte {i} is wrong")),
+                None => Ok(()),
+            }
+        });
+        Slow { server, done }
+    }
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length body.
+async fn read_response<R: AsyncBufReadExt + Unpin>(r: &mut R) -> std::io::Result<(u16, Vec<u8>)> {
+    let mut status = 0;
+    let mut len = 0usize;
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).await? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed in the response head",
+            ));
+        }
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if status == 0 {
+            status = l
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+        } else if let Some((k, v)) = l.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                len = v.trim().parse().unwrap_or(0);
+            }
+        }
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await?;
+    Ok((status, body))
+}
+
+/// New connections through apilb every ~100 ms (`GET /whoami`), each one's outcome kept,
+/// until stopped.
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<(Vec<String>, Vec<String>)>,
+}
+
+impl Load {
+    pub fn start(addr: SocketAddr, pki: &Pki) -> Load {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let pki = pki.share();
+        let task = tokio::spawn(async move {
+            let (mut ok, mut failed) = (Vec::new(), Vec::new());
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            while !stopped.load(Ordering::Relaxed) {
+                tick.tick().await;
+                match tokio::time::timeout(Duration::from_secs(10), whoami(addr, &pki)).await {
+                    Ok(Ok(s)) => ok.push(s),
+                    Ok(Err(e)) => failed.push(e.to_string()),
+                    Err(_) => failed.push("timed out".into()),
+                }
+            }
+            (ok, failed)
+        });
+        Load { stop, task }
+    }
+
+    /// Stops; the servers that answered, and every failure.
+    pub async fn stop(self) -> (Vec<String>, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap()
+    }
+}
+
+/// A TCP relay on `listen` to `target` that delays every byte, each way, by the delay set at
+/// the moment it is read (0 at first): latency on a path, with nothing lost and nothing
+/// reordered. Stops on drop.
+pub struct Relay {
+    pub addr: SocketAddr,
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// When the last delayed byte is due.
+    last_due: Arc<Mutex<Option<tokio::time::Instant>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    pub async fn start(listen: [u8; 4], target: SocketAddr) -> Relay {
+        let l = tokio::net::TcpListener::bind(SocketAddr::from((listen, 0)))
+            .await
+            .unwrap();
+        let addr = l.local_addr().unwrap();
+        let delay_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let last_due = Arc::new(Mutex::new(None));
+        let d = (delay_ms.clone(), last_due.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = l.accept().await {
+                let d = d.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let _ = client.set_nodelay(true);
+                    let _ = server.set_nodelay(true);
+                    let (cr, cw) = client.into_split();
+                    let (sr, sw) = server.into_split();
+                    tokio::join!(pump(cr, sw, d.clone()), pump(sr, cw, d));
+                });
+            }
+        });
+        Relay {
+            addr,
+            delay_ms,
+            last_due,
+            task,
+        }
+    }
+
+    pub fn set_delay(&self, d: Duration) {
+        self.delay_ms.store(d.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Returns once every byte delayed so far has been delivered.
+    pub async fn settled(&self) {
+        loop {
+            let due = *self.last_due.lock().unwrap();
+            let Some(due) = due else { return };
+            tokio::time::sleep_until(due).await;
+            if *self.last_due.lock().unwrap() == Some(due) {
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type DelayShared = (
+    Arc<std::sync::atomic::AtomicU64>,
+    Arc<Mutex<Option<tokio::time::Instant>>>,
+);
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    (delay_ms, last_due): DelayShared,
+) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let reader = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match from.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let ms = delay_ms.load(Ordering::Relaxed);
+                    let at = tokio::time::Instant::now() + Duration::from_millis(ms);
+                    if ms > 0 {
+                        let mut due = last_due.lock().unwrap();
+                        *due = Some(due.map_or(at, |d| d.max(at)));
+                    }
+                    if tx.send((at, buf[..n].to_vec())).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    };
+    let writer = async move {
+        while let Some((at, bytes)) = rx.recv().await {
+            tokio::time::sleep_until(at).await;
+            if to.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+        let _ = to.shutdown().await;
+    };
+    tokio::join!(reader, writer);
 }

@@ -1,0 +1,672 @@
+//! Health verdicts: an observation of one server goes in, a state transition comes out. Where
+//! a server's health is *decided*; `health` only makes the observations and `backend` only
+//! records the result.
+//!
+//! Pure: no I/O, no clock, no knowledge of other servers (whether closing a silent server's
+//! connections has somewhere to go is the set's question, `Backends::silent`). Every row of
+//! the failure model is a unit test below.
+//!
+//! The rule is **silence closes, speech drains**:
+//! * *silence* — a PING (or an HTTP/1.1 /readyz) unanswered for a whole window, a TCP
+//!   connect or a TLS/HTTP/2 handshake that times out, no route to the host — counts up;
+//!   `fall` in a row (one while the server was never checked) make it **down**. Only this
+//!   state lets apilb close the client connections pinned to the server (a dead host, a
+//!   partition, a frozen process: those connections are dead too);
+//! * *speech* — a GOAWAY, a FIN or reset on the health connection, a refused connect — makes
+//!   it **draining** at once: it is leaving (or its process is gone, and its kernel has
+//!   already ended its connections). No new connections; the open ones are its to finish;
+//! * `/readyz` non-2xx, or no /readyz answer while PINGs are answered (a slow handler), or a
+//!   failed TLS handshake (the server answered, but not as the CA says) make it **not
+//!   ready**: no new connections, the open ones left alone;
+//! * `/readyz` 2xx (or 401/403: reachable, readiness unknown, warned about once) `rise`
+//!   times in a row (once while never checked) make it **ready**;
+//! * a late answer is an answer: a PING answered after the server was called down (on the
+//!   same connection) puts it back where it was, and PING windows follow the server's own
+//!   round-trip time (`Rtt`), so a uniformly slower path is not silence.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelValue;
+
+use crate::backend::State;
+
+/// Why a check failed: the label of `apilb_health_failures_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Cause {
+    /// A PING (HTTP/2) or /readyz (HTTP/1.1) unanswered for a whole window. Silence.
+    ping_timeout,
+    /// TCP connect not done within the health timeout. Silence.
+    connect_timeout,
+    /// TLS or HTTP/2 handshake not done within the health timeout. Silence.
+    handshake_timeout,
+    /// No route to the host (nothing answers ARP/NDP). Silence.
+    unreachable,
+    /// The server sent GOAWAY on the health connection. Speech.
+    goaway,
+    /// The server closed the health connection (FIN). Speech.
+    closed,
+    /// The health connection was reset or failed. Speech.
+    reset,
+    /// The server's kernel refused the connect. Speech.
+    refused,
+    /// The TLS handshake failed with an answer (certificate, alert).
+    tls,
+    /// The server answered something apilb cannot read as HTTP.
+    protocol,
+    /// `/readyz` answered non-2xx (other than 401/403).
+    readyz_status,
+    /// `/readyz` unanswered within the health timeout while PINGs are answered.
+    readyz_timeout,
+}
+
+impl Cause {
+    pub const ALL: [Cause; 12] = [
+        Cause::ping_timeout,
+        Cause::connect_timeout,
+        Cause::handshake_timeout,
+        Cause::unreachable,
+        Cause::goaway,
+        Cause::closed,
+        Cause::reset,
+        Cause::refused,
+        Cause::tls,
+        Cause::protocol,
+        Cause::readyz_status,
+        Cause::readyz_timeout,
+    ];
+
+    /// Silence: nobody answers. The only causes that can close pinned connections.
+    pub fn is_silence(self) -> bool {
+        matches!(
+            self,
+            Cause::ping_timeout
+                | Cause::connect_timeout
+                | Cause::handshake_timeout
+                | Cause::unreachable
+        )
+    }
+
+    /// Speech: the server (or its kernel) said it is going.
+    pub fn is_leaving(self) -> bool {
+        matches!(
+            self,
+            Cause::goaway | Cause::closed | Cause::reset | Cause::refused
+        )
+    }
+}
+
+/// What a health check saw.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Observation {
+    /// A PING (or an HTTP/1.1 /readyz: there it is the liveness probe) was answered after `rtt`.
+    Answered { rtt: Duration },
+    /// The outstanding PING went a whole window (`Judge::window`) without an answer.
+    Unanswered,
+    /// `/readyz` answered this status.
+    Readyz(u16),
+    /// `/readyz` went unanswered for the health timeout while the connection lives.
+    ReadyzTimeout,
+    /// The health connection ended, or could not be made, for this cause.
+    Ended(Cause),
+}
+
+/// What the judge decided.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Verdict {
+    /// The state to move to, and why (for the log line and `/status`).
+    pub to: Option<(State, String)>,
+    /// The observation was a failure of this cause (counted in metrics).
+    pub failure: Option<Cause>,
+    /// A 401/403 /readyz answer was seen for the first time: warn the operator once.
+    pub warn_auth: bool,
+    /// The answer came on time (within the window): evidence that this server is live *now*,
+    /// which lets the set close the connections of a server that went silent.
+    pub on_time: bool,
+}
+
+/// Smoothed round-trip time and its variance, as TCP keeps them (RFC 6298), giving the window
+/// a PING gets before it counts as unanswered: `srtt + 4·rttvar`, never below the configured
+/// PING timeout and never above the health timeout.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Rtt {
+    srtt: Option<Duration>,
+    rttvar: Duration,
+}
+
+impl Rtt {
+    pub fn sample(&mut self, r: Duration) {
+        match self.srtt {
+            None => {
+                self.srtt = Some(r);
+                self.rttvar = r / 2;
+            }
+            Some(s) => {
+                let err = s.abs_diff(r);
+                self.rttvar = self.rttvar.mul_f64(0.75) + err.mul_f64(0.25);
+                self.srtt = Some(s.mul_f64(0.875) + r.mul_f64(0.125));
+            }
+        }
+    }
+
+    pub fn window(&self, floor: Duration, ceiling: Duration) -> Duration {
+        let est = self
+            .srtt
+            .map_or(Duration::ZERO, |s| s + self.rttvar.saturating_mul(4));
+        est.min(ceiling.max(floor)).max(floor)
+    }
+
+    pub fn smoothed(&self) -> Option<Duration> {
+        self.srtt
+    }
+}
+
+/// The consecutive-result counters of one server and the verdicts they lead to.
+#[derive(Debug)]
+pub struct Judge {
+    fall: u32,
+    rise: u32,
+    /// Consecutive silent observations.
+    silent: u32,
+    /// Consecutive good /readyz answers.
+    ready: u32,
+    warned_auth: bool,
+    /// The state before this connection's PING went unanswered: where a late answer on the
+    /// same connection puts the server back.
+    before_silence: Option<State>,
+    pub rtt: Rtt,
+    floor: Duration,
+    ceiling: Duration,
+}
+
+fn fmt(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms >= 1000 && ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else if ms >= 1000 {
+        format!("{:.1}s", d.as_secs_f64())
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+impl Judge {
+    /// `ping_timeout` is the shortest PING window, `ceiling` the longest (the health timeout).
+    pub fn new(fall: u32, rise: u32, ping_timeout: Duration, ceiling: Duration) -> Judge {
+        Judge {
+            fall: fall.max(1),
+            rise: rise.max(1),
+            silent: 0,
+            ready: 0,
+            warned_auth: false,
+            before_silence: None,
+            rtt: Rtt::default(),
+            floor: ping_timeout,
+            ceiling,
+        }
+    }
+
+    /// How long the outstanding PING may go unanswered before it counts as silence.
+    pub fn window(&self) -> Duration {
+        self.rtt.window(self.floor, self.ceiling)
+    }
+
+    /// Judges `obs` for a server now in state `now`.
+    pub fn observe(&mut self, now: State, obs: Observation) -> Verdict {
+        let mut v = Verdict::default();
+        let to = |s: State, why: String| (s != now).then_some((s, why));
+        match obs {
+            Observation::Answered { rtt } => {
+                v.on_time = rtt <= self.window();
+                self.rtt.sample(rtt);
+                self.silent = 0;
+                if let Some(before) = self.before_silence.take() {
+                    if now == State::Down {
+                        let back = if before == State::Down {
+                            State::NotReady
+                        } else {
+                            before
+                        };
+                        v.to = to(
+                            back,
+                            format!("answered after {}: a late answer is an answer", fmt(rtt)),
+                        );
+                    }
+                }
+            }
+            Observation::Unanswered => {
+                v.failure = Some(Cause::ping_timeout);
+                self.ready = 0;
+                if self.before_silence.is_none() {
+                    self.before_silence = Some(now);
+                }
+                self.silent += 1;
+                let window = self.window();
+                v.to = self.silence(
+                    now,
+                    format!(
+                        "no answer to HTTP/2 PING within {} ({} in a row)",
+                        fmt(window),
+                        self.silent
+                    ),
+                );
+            }
+            Observation::Readyz(status) => {
+                self.silent = 0;
+                match status {
+                    200..=299 | 401 | 403 => {
+                        if status >= 400 && !self.warned_auth {
+                            self.warned_auth = true;
+                            v.warn_auth = true;
+                        }
+                        self.ready += 1;
+                        let need = if now == State::Unknown { 1 } else { self.rise };
+                        if now != State::Ready && self.ready >= need {
+                            let why = if status < 400 {
+                                format!("/readyz answered {status}")
+                            } else {
+                                format!("reachable; /readyz answered {status} (readiness unknown)")
+                            };
+                            v.to = to(State::Ready, why);
+                        }
+                    }
+                    _ => {
+                        v.failure = Some(Cause::readyz_status);
+                        self.ready = 0;
+                        v.to = to(State::NotReady, format!("/readyz answered {status}"));
+                    }
+                }
+            }
+            Observation::ReadyzTimeout => {
+                v.failure = Some(Cause::readyz_timeout);
+                self.ready = 0;
+                if now != State::Down {
+                    v.to = to(State::NotReady, "/readyz timed out".into());
+                }
+            }
+            Observation::Ended(cause) => {
+                v.failure = Some(cause);
+                self.ready = 0;
+                self.before_silence = None;
+                let why = describe(cause);
+                if cause.is_silence() {
+                    self.silent += 1;
+                    v.to = self.silence(now, why);
+                } else if cause.is_leaving() {
+                    self.silent = 0;
+                    v.to = to(State::Draining, why);
+                } else {
+                    self.silent = 0;
+                    v.to = to(State::NotReady, why);
+                }
+            }
+        }
+        v
+    }
+
+    fn silence(&self, now: State, why: String) -> Option<(State, String)> {
+        let need = if now == State::Unknown { 1 } else { self.fall };
+        (now != State::Down && self.silent >= need).then_some((State::Down, why))
+    }
+}
+
+/// The words an operator reads for a cause (the detail, such as the OS error, is logged at
+/// debug where it is seen).
+pub fn describe(cause: Cause) -> String {
+    match cause {
+        Cause::ping_timeout => "no answer to HTTP/2 PING".into(),
+        Cause::connect_timeout => "no answer to TCP connect within the health timeout".into(),
+        Cause::handshake_timeout => "no TLS/HTTP/2 handshake within the health timeout".into(),
+        Cause::unreachable => "no route to the host".into(),
+        Cause::goaway => "sent GOAWAY: leaving; its open connections are left to finish".into(),
+        Cause::closed => {
+            "closed the health connection: leaving; its open connections are left to finish".into()
+        }
+        Cause::reset => {
+            "reset the health connection: leaving; its open connections are left to finish".into()
+        }
+        Cause::refused => "connection refused: not listening; no new connections".into(),
+        Cause::tls => "TLS handshake failed (certificate or protocol)".into(),
+        Cause::protocol => "answered something that is not HTTP".into(),
+        Cause::readyz_status => "/readyz answered non-2xx".into(),
+        Cause::readyz_timeout => "/readyz timed out".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Observation as O;
+    use State as S;
+
+    const MS: fn(u64) -> Duration = Duration::from_millis;
+
+    fn judge() -> Judge {
+        Judge::new(2, 2, MS(600), MS(2000))
+    }
+
+    /// Feeds `obs` in turn, applying each transition; returns the final state and whether any
+    /// step ever reached `Down`.
+    fn run(start: S, obs: &[Observation]) -> S {
+        let mut j = judge();
+        let mut s = start;
+        for o in obs {
+            if let Some((to, _)) = j.observe(s, *o).to {
+                s = to;
+            }
+        }
+        s
+    }
+
+    fn ok() -> O {
+        O::Answered { rtt: MS(1) }
+    }
+
+    /// The failure model, one row per observation: (state before, observations, state after).
+    #[test]
+    fn failure_model_table() {
+        let rows: &[(&str, S, &[Observation], S)] = &[
+            (
+                "PING answered: nothing changes",
+                S::Ready,
+                &[ok()],
+                S::Ready,
+            ),
+            (
+                "one PING window missed: one late PING flips nothing",
+                S::Ready,
+                &[O::Unanswered],
+                S::Ready,
+            ),
+            (
+                "fall windows missed: silent, down",
+                S::Ready,
+                &[O::Unanswered, O::Unanswered],
+                S::Down,
+            ),
+            (
+                "never checked: one silent window is enough",
+                S::Unknown,
+                &[O::Unanswered],
+                S::Down,
+            ),
+            (
+                "late answer on the same connection: back to ready",
+                S::Ready,
+                &[O::Unanswered, O::Unanswered, O::Answered { rtt: MS(1600) }],
+                S::Ready,
+            ),
+            (
+                "an answer between misses resets the count",
+                S::Ready,
+                &[O::Unanswered, ok(), O::Unanswered],
+                S::Ready,
+            ),
+            (
+                "/readyz 2xx from not ready needs rise",
+                S::NotReady,
+                &[O::Readyz(200)],
+                S::NotReady,
+            ),
+            (
+                "/readyz 2xx rise times: ready",
+                S::NotReady,
+                &[O::Readyz(200), O::Readyz(200)],
+                S::Ready,
+            ),
+            (
+                "/readyz 2xx at startup: ready at once",
+                S::Unknown,
+                &[O::Readyz(200)],
+                S::Ready,
+            ),
+            (
+                "/readyz 401: reachable, ready",
+                S::Unknown,
+                &[O::Readyz(401)],
+                S::Ready,
+            ),
+            (
+                "/readyz 403: reachable, ready",
+                S::Unknown,
+                &[O::Readyz(403)],
+                S::Ready,
+            ),
+            (
+                "/readyz 500: not ready at once",
+                S::Ready,
+                &[O::Readyz(500)],
+                S::NotReady,
+            ),
+            (
+                "/readyz 503 from draining: not ready",
+                S::Draining,
+                &[O::Readyz(503)],
+                S::NotReady,
+            ),
+            (
+                "/readyz timeout: not ready",
+                S::Ready,
+                &[O::ReadyzTimeout],
+                S::NotReady,
+            ),
+            (
+                "/readyz timeout while down stays down",
+                S::Down,
+                &[O::ReadyzTimeout],
+                S::Down,
+            ),
+            (
+                "GOAWAY: draining at once",
+                S::Ready,
+                &[O::Ended(Cause::goaway)],
+                S::Draining,
+            ),
+            (
+                "FIN: draining at once",
+                S::Ready,
+                &[O::Ended(Cause::closed)],
+                S::Draining,
+            ),
+            (
+                "reset: draining at once",
+                S::Ready,
+                &[O::Ended(Cause::reset)],
+                S::Draining,
+            ),
+            (
+                "refused: draining at once",
+                S::Ready,
+                &[O::Ended(Cause::refused)],
+                S::Draining,
+            ),
+            (
+                "refused while down (host back, process not): draining",
+                S::Down,
+                &[O::Ended(Cause::refused)],
+                S::Draining,
+            ),
+            (
+                "connect timeout once: nothing yet",
+                S::Ready,
+                &[O::Ended(Cause::connect_timeout)],
+                S::Ready,
+            ),
+            (
+                "connect timeout fall times: down",
+                S::Ready,
+                &[
+                    O::Ended(Cause::connect_timeout),
+                    O::Ended(Cause::connect_timeout),
+                ],
+                S::Down,
+            ),
+            (
+                "handshake timeout fall times: down",
+                S::Ready,
+                &[
+                    O::Ended(Cause::handshake_timeout),
+                    O::Ended(Cause::handshake_timeout),
+                ],
+                S::Down,
+            ),
+            (
+                "no route to host fall times: down",
+                S::Ready,
+                &[O::Ended(Cause::unreachable), O::Ended(Cause::unreachable)],
+                S::Down,
+            ),
+            (
+                "TLS failure: not ready, never down",
+                S::Ready,
+                &[
+                    O::Ended(Cause::tls),
+                    O::Ended(Cause::tls),
+                    O::Ended(Cause::tls),
+                ],
+                S::NotReady,
+            ),
+            (
+                "not HTTP: not ready",
+                S::Ready,
+                &[O::Ended(Cause::protocol)],
+                S::NotReady,
+            ),
+            (
+                "draining, then ready again after rise good /readyz",
+                S::Draining,
+                &[O::Readyz(200), O::Readyz(200)],
+                S::Ready,
+            ),
+            (
+                "down, reconnected: ready after rise good /readyz",
+                S::Down,
+                &[O::Readyz(200), O::Readyz(200)],
+                S::Ready,
+            ),
+        ];
+        for (what, start, obs, want) in rows {
+            assert_eq!(run(*start, obs), *want, "{what}");
+        }
+    }
+
+    #[test]
+    fn only_silence_leads_to_down() {
+        for cause in Cause::ALL {
+            let s = run(
+                S::Ready,
+                &[O::Ended(cause), O::Ended(cause), O::Ended(cause)],
+            );
+            assert_eq!(s == S::Down, cause.is_silence(), "{cause:?} led to {s:?}");
+            assert!(!(cause.is_silence() && cause.is_leaving()));
+        }
+    }
+
+    #[test]
+    fn failures_are_counted_by_cause() {
+        let mut j = judge();
+        assert_eq!(
+            j.observe(S::Ready, O::Unanswered).failure,
+            Some(Cause::ping_timeout)
+        );
+        assert_eq!(
+            j.observe(S::Ready, O::Readyz(500)).failure,
+            Some(Cause::readyz_status)
+        );
+        assert_eq!(
+            j.observe(S::Ready, O::Ended(Cause::goaway)).failure,
+            Some(Cause::goaway)
+        );
+        assert_eq!(j.observe(S::Ready, O::Readyz(200)).failure, None);
+        assert_eq!(j.observe(S::Ready, ok()).failure, None);
+    }
+
+    #[test]
+    fn the_auth_warning_is_given_once() {
+        let mut j = judge();
+        assert!(j.observe(S::Unknown, O::Readyz(401)).warn_auth);
+        assert!(!j.observe(S::Ready, O::Readyz(401)).warn_auth);
+        assert!(!j.observe(S::Ready, O::Readyz(403)).warn_auth);
+    }
+
+    #[test]
+    fn a_late_answer_after_a_new_connection_does_not_restore() {
+        // Down from silence, then the connection ended: the next connection starts afresh and
+        // must earn ready through /readyz.
+        let s = run(
+            S::Ready,
+            &[
+                O::Unanswered,
+                O::Unanswered,
+                O::Ended(Cause::ping_timeout),
+                ok(),
+            ],
+        );
+        assert_eq!(s, S::Down);
+    }
+
+    #[test]
+    fn on_time_is_judged_against_the_window() {
+        let mut j = judge();
+        assert!(j.observe(S::Ready, ok()).on_time);
+        let late = j.observe(S::Ready, O::Answered { rtt: MS(1600) });
+        assert!(
+            !late.on_time,
+            "an answer past the window is late, though an answer"
+        );
+        assert_eq!(late.to, None);
+    }
+
+    #[test]
+    fn the_window_follows_the_servers_own_rtt() {
+        let floor = MS(600);
+        let ceiling = MS(2000);
+        let mut r = Rtt::default();
+        assert_eq!(
+            r.window(floor, ceiling),
+            floor,
+            "no sample yet: the configured timeout"
+        );
+        for _ in 0..20 {
+            r.sample(MS(1));
+        }
+        assert_eq!(
+            r.window(floor, ceiling),
+            floor,
+            "never below the configured timeout"
+        );
+        // A path that is uniformly slower (300 ms) gets a window that fits it…
+        for _ in 0..50 {
+            r.sample(MS(300));
+        }
+        let w = r.window(floor, ceiling);
+        assert!(w >= MS(600) && w < MS(2000), "{w:?}");
+        // …and a jittery slow path a longer one, capped at the health timeout.
+        for i in 0..50 {
+            r.sample(MS(if i % 2 == 0 { 200 } else { 1500 }));
+        }
+        let w2 = r.window(floor, ceiling);
+        assert!(w2 > w, "{w2:?} <= {w:?}");
+        assert!(w2 <= ceiling);
+        // Smoothing, as TCP: one sample moves srtt by an eighth.
+        let mut r = Rtt::default();
+        r.sample(MS(100));
+        r.sample(MS(900));
+        assert_eq!(r.smoothed(), Some(MS(200)));
+    }
+
+    #[test]
+    fn a_uniformly_slower_path_is_not_silence() {
+        // 300 ms each PING, every PING answered: never a miss, never down.
+        let mut j = judge();
+        let mut s = S::Ready;
+        for _ in 0..100 {
+            let v = j.observe(s, O::Answered { rtt: MS(300) });
+            if let Some((to, _)) = v.to {
+                s = to;
+            }
+        }
+        assert_eq!(s, S::Ready);
+        assert!(j.window() >= MS(600));
+    }
+}
