@@ -248,6 +248,12 @@ pub fn load(args: &RunArgs) -> Result<Config, ConfigError> {
     resolve(args, file)
 }
 
+/// The longest any duration setting may be: a century (`100y`, humantime's years of 365.25
+/// days), far beyond any sensible value and far below what the clock arithmetic holds
+/// (`Instant + Duration` and the ±10% jitter panic on overflow, and `panic = "abort"` makes
+/// that a crash at the next connection or health check).
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
+
 fn duration(
     flag: Option<Duration>,
     file_val: Option<&String>,
@@ -255,16 +261,24 @@ fn duration(
     key: &str,
     default: Duration,
 ) -> Result<Duration, ConfigError> {
-    if let Some(d) = flag {
-        return Ok(d);
-    }
-    match file_val {
-        None => Ok(default),
-        Some(s) => humantime::parse_duration(s).map_err(|e| ConfigError {
+    let d = match (flag, file_val) {
+        (Some(d), _) => d,
+        (None, None) => return Ok(default),
+        (None, Some(s)) => humantime::parse_duration(s).map_err(|e| ConfigError {
             origin: flag_or_key(file, false, key),
             message: format!("`{s}` is not a duration ({e}); write e.g. 500ms, 2s or 1m"),
-        }),
+        })?,
+    };
+    if d > MAX_DURATION {
+        return Err(ConfigError {
+            origin: flag_or_key(file, flag.is_some(), key),
+            message: format!(
+                "{} is too long; use at most 100 years",
+                humantime::format_duration(d)
+            ),
+        });
     }
+    Ok(d)
 }
 
 fn parse_listen(
@@ -711,5 +725,47 @@ mod tests {
         let e = load(&args(&["--config", ps])).unwrap_err();
         assert!(e.origin.contains("drain-grace"), "{}", e.origin);
         assert!(e.message.contains("not a duration"));
+
+        // Past the cap: once accepted, and a panic (Instant overflow) at the next connection.
+        std::fs::write(
+            &p,
+            "server: [a:1]\nca-file: /ca\nconnect-race-delay: 300000000000y\n",
+        )
+        .unwrap();
+        let e = load(&args(&["--config", ps])).unwrap_err();
+        assert!(e.origin.contains("connect-race-delay"), "{}", e.origin);
+        assert!(e.message.contains("too long"), "{}", e.message);
+    }
+
+    #[test]
+    fn durations_past_a_century_are_refused() {
+        let base = ["--server", "a:1", "--ca-file", "/x"];
+        for flag in [
+            "--connect-timeout",
+            "--connect-race-delay",
+            "--first-byte-timeout",
+            "--health-ping-interval",
+            "--health-ping-timeout",
+            "--health-readyz-interval",
+            "--health-timeout",
+            "--drain-grace",
+            "--resolve-interval",
+            "--discovery-interval",
+            "--discovery-removal-grace",
+        ] {
+            let mut v = base.to_vec();
+            v.extend([
+                "--discovery-kubeconfig",
+                "/k",
+                flag,
+                "18446744073709551615s",
+            ]);
+            let e = load(&args(&v)).unwrap_err();
+            assert_eq!(e.origin, flag);
+            assert!(e.message.contains("too long"), "{flag}: {}", e.message);
+            v.pop();
+            v.push("100y");
+            assert!(load(&args(&v)).is_ok(), "{flag} 100y refused");
+        }
     }
 }

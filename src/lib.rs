@@ -18,6 +18,7 @@ pub mod kubeadm;
 pub mod kubeconfig;
 pub mod kubeconfig_cmd;
 pub mod kubespray;
+pub mod logging;
 pub mod manifest;
 pub mod metrics;
 #[cfg(test)]

@@ -4,13 +4,14 @@
 //! Exit codes: 0 success; 1 runtime failure (or, for `status`, no server ready);
 //! 2 bad configuration or input.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
 
 use apilb::cli::{self, Cli, Command, KubeadmCommand};
 use apilb::config::{self, LogFormat};
-use apilb::{kubeadm, kubeconfig, kubeconfig_cmd, kubespray, manifest, run, status, tls};
+use apilb::{kubeadm, kubeconfig, kubeconfig_cmd, kubespray, logging, manifest, run, status, tls};
 
 fn init_logging(format: LogFormat, level: &str) -> Result<(), String> {
     // A bare level applies to apilb; libraries stay at warn (their debug output is a
@@ -22,15 +23,25 @@ fn init_logging(format: LogFormat, level: &str) -> Result<(), String> {
     };
     let filter = tracing_subscriber::EnvFilter::try_new(directives)
         .map_err(|e| format!("--log-level {level}: {e}; write one of error, warn, info, debug"))?;
+    // A line stderr cannot take is dropped and counted (`logging`), never an error: with
+    // internal errors on, tracing-subscriber would report a failed write with `eprintln!`,
+    // which panics when stderr fails.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .log_internal_errors(false)
+        .with_writer(logging::Stderr);
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
     }
-    Ok(())
+    .map_err(|e| format!("cannot set up logging: {e}"))
+}
+
+/// `apilb: error: …` on stderr. A failing stderr (reader gone, disk full) is ignored:
+/// `eprintln!` would panic, and under `panic = "abort"` turn the exit code into SIGABRT.
+fn print_error(msg: impl std::fmt::Display) {
+    let _ = writeln!(std::io::stderr(), "apilb: error: {msg}");
 }
 
 /// The main thread's runtime. For `apilb run` it carries the control plane only (health,
@@ -48,18 +59,18 @@ fn main() -> ExitCode {
             let cfg = match config::load(&args) {
                 Ok(c) => c,
                 Err(e) => {
-                    eprintln!("apilb: error: {e}");
+                    print_error(e);
                     return ExitCode::from(2);
                 }
             };
             if let Err(e) = init_logging(cfg.log_format, &cfg.log_level) {
-                eprintln!("apilb: error: {e}");
+                print_error(e);
                 return ExitCode::from(2);
             }
             let rt = match runtime() {
                 Ok(rt) => rt,
                 Err(e) => {
-                    eprintln!("apilb: error: cannot start the runtime: {e}");
+                    print_error(format_args!("cannot start the runtime: {e}"));
                     return ExitCode::from(1);
                 }
             };
@@ -67,7 +78,7 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
-                    eprintln!("apilb: error: {e:#}");
+                    print_error(format_args!("{e:#}"));
                     if e.downcast_ref::<tls::TlsError>().is_some() {
                         ExitCode::from(2)
                     } else {
@@ -80,7 +91,7 @@ fn main() -> ExitCode {
             let rt = match runtime() {
                 Ok(rt) => rt,
                 Err(e) => {
-                    eprintln!("apilb: error: {e}");
+                    print_error(e);
                     return ExitCode::from(1);
                 }
             };
@@ -100,7 +111,7 @@ fn main() -> ExitCode {
                     }
                 }
                 Err(e) => {
-                    eprintln!("apilb: error: {e:#}");
+                    print_error(format_args!("{e:#}"));
                     ExitCode::from(1)
                 }
             }
@@ -109,7 +120,7 @@ fn main() -> ExitCode {
             let rt = match runtime() {
                 Ok(rt) => rt,
                 Err(e) => {
-                    eprintln!("apilb: error: {e}");
+                    print_error(e);
                     return ExitCode::from(1);
                 }
             };
@@ -123,7 +134,7 @@ fn main() -> ExitCode {
             let rt = match runtime() {
                 Ok(rt) => rt,
                 Err(e) => {
-                    eprintln!("apilb: error: {e}");
+                    print_error(e);
                     return ExitCode::from(1);
                 }
             };
@@ -137,7 +148,7 @@ fn main() -> ExitCode {
 
 /// Bad kubeconfig input is exit code 2; anything else (apilb not ready, I/O) is 1.
 fn kubeconfig_error(e: anyhow::Error) -> ExitCode {
-    eprintln!("apilb: error: {e:#}");
+    print_error(format_args!("{e:#}"));
     if e.downcast_ref::<kubeconfig::KubeconfigError>().is_some() {
         ExitCode::from(2)
     } else {
@@ -146,7 +157,6 @@ fn kubeconfig_error(e: anyhow::Error) -> ExitCode {
 }
 
 fn manifest_command(args: &cli::ManifestArgs) -> ExitCode {
-    use std::io::Write;
     let defaults = (
         std::path::Path::new(kubespray::DEFAULT_NGINX_CONF),
         std::path::Path::new(kubespray::DEFAULT_HAPROXY_CFG),
@@ -154,12 +164,12 @@ fn manifest_command(args: &cli::ManifestArgs) -> ExitCode {
     let plan = match manifest::plan(args, defaults) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("apilb: error: {e}");
+            print_error(e);
             return ExitCode::from(2);
         }
     };
     for w in &plan.warnings {
-        eprintln!("apilb: warning: {w}");
+        let _ = writeln!(std::io::stderr(), "apilb: warning: {w}");
     }
     let mut command = vec!["apilb".to_string()];
     command.extend(std::env::args().skip(1));
@@ -172,7 +182,7 @@ fn manifest_command(args: &cli::ManifestArgs) -> ExitCode {
     match std::io::stdout().write_all(text.as_bytes()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("apilb: error: cannot write the manifest: {e}");
+            print_error(format_args!("cannot write the manifest: {e}"));
             ExitCode::from(1)
         }
     }

@@ -124,6 +124,12 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("apilb");
+        // Process-wide, not a field: logging starts before any registry exists (`logging`).
+        registry.register(
+            "log_write_errors",
+            "Log lines dropped because stderr could not take them (its reader gone, disk full)",
+            crate::logging::write_errors().clone(),
+        );
         let m = Metrics {
             server_state: Family::default(),
             active: Family::default(),

@@ -89,7 +89,8 @@ pub fn inherited() -> Vec<std::net::TcpListener> {
         _ => return Vec::new(),
     };
     let mut out = Vec::new();
-    for fd in 3..3 + n {
+    // LISTEN_FDS comes from the environment: a huge count must not overflow the range.
+    for fd in 3..n.saturating_add(3) {
         // SAFETY: the supervisor hands these descriptors to this process (sd_listen_fds
         // protocol); each is taken once, here.
         let sock = unsafe { Socket::from_raw_fd(fd) };
