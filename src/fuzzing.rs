@@ -171,8 +171,9 @@ pub fn kubespray_conf(data: &[u8]) {
 /// protocol (even: HTTP/2, odd: HTTP/1.1) and whether the server then hangs up (bit 1);
 /// the rest is the server's bytes. The check must end with a reason, never panic, never
 /// spin. Intervals and timeouts are milliseconds here, so one input takes about ten.
-/// Returns the server's state when the check ended (tests/fuzz_corpus.rs looks at it).
-pub fn readyz_answer(data: &[u8]) -> Option<State> {
+/// Returns the /readyz status the check read, if any, and the server's state when the check
+/// ended (tests/fuzz_corpus.rs looks at both).
+pub fn readyz_answer(data: &[u8]) -> Option<(Option<u16>, State)> {
     let (&mode, answer) = data.split_first()?;
     let h2 = mode & 1 == 0;
     let hang_up = mode & 2 != 0;
@@ -223,6 +224,6 @@ pub fn readyz_answer(data: &[u8]) -> Option<State> {
         if let crate::health::Ending::Cause(_, why) = ending {
             assert!(!why.is_empty());
         }
-        Some(b.state())
+        Some((b.observed().readyz_status, b.state()))
     })
 }

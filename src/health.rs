@@ -56,8 +56,8 @@ use crate::socket;
 /// How often /readyz is asked while a server is not ready (HAProxy's `fastinter`).
 const FAST_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a silent server's health connection is kept for a late answer before it is
-/// given up and dialled again.
-const LATE_ANSWER_LIMIT: Duration = Duration::from_secs(10);
+/// given up and dialled again, in health timeouts (10 s by default).
+const LATE_ANSWER_TIMEOUTS: u32 = 5;
 /// The most of a `/readyz` answer's body that is read (kube-apiserver's is a few KiB even
 /// with `?verbose`); more is a protocol failure, never a buffer.
 const READYZ_BODY_LIMIT: usize = 64 * 1024;
@@ -247,12 +247,11 @@ where
     );
     let mut c = Checker::new(b, &set, s);
     let ending = check(io, h2, &mut c).await;
-    match &ending {
-        Ending::Cause(cause, _) => {
-            c.apply(Observation::Ended(*cause), Instant::now());
-        }
-        Ending::GaveUp => {}
-    }
+    let judged = match &ending {
+        Ending::Cause(cause, detail) => Ending::Cause(*cause, detail.clone()),
+        Ending::GaveUp => Ending::GaveUp,
+    };
+    end(&mut c, judged, Instant::now());
     ending
 }
 
@@ -420,17 +419,8 @@ where
 
     loop {
         tokio::select! {
-            () = goaway.wait() => {
-                return Ending::of(Cause::goaway, "GOAWAY on the health connection");
-            }
-            r = &mut conn => {
-                return match r {
-                    Ok(()) if goaway.is_set() => Ending::of(Cause::goaway, "GOAWAY, then closed"),
-                    Ok(()) => Ending::of(Cause::closed, "health connection closed by the server"),
-                    Err(e) => Ending::of(h2_cause(&e, goaway.is_set()),
-                        format!("health connection lost: {e}")),
-                };
-            }
+            // Answers are judged before the end of the connection they came on.
+            biased;
             res = async { match readyz.as_mut() { Some((f, _)) => f.await, None => std::future::pending().await } } => {
                 let asked = readyz.take().map_or_else(Instant::now, |(_, t)| t);
                 match res {
@@ -455,9 +445,6 @@ where
                 };
                 next_readyz = Instant::now() + jitter(every);
             }
-            () = sleep_until(next_readyz.into()), if readyz.is_none() => {
-                readyz = Some((Box::pin(readyz_h2(sender.clone(), uri.clone(), s.timeout)), Instant::now()));
-            }
             pong = std::future::poll_fn(|cx| ping.poll_pong(cx)), if ping_sent.is_some() => {
                 if let Err(e) = pong {
                     return Ending::of(h2_cause(&e, goaway.is_set()), format!("HTTP/2 PING failed: {e}"));
@@ -469,10 +456,24 @@ where
                 c.apply(Observation::Answered { rtt }, sent);
                 next_ping = (sent + s.ping_interval).max(Instant::now());
             }
+            () = goaway.wait() => {
+                return Ending::of(Cause::goaway, "GOAWAY on the health connection");
+            }
+            r = &mut conn => {
+                return match r {
+                    Ok(()) if goaway.is_set() => Ending::of(Cause::goaway, "GOAWAY, then closed"),
+                    Ok(()) => Ending::of(Cause::closed, "health connection closed by the server"),
+                    Err(e) => Ending::of(h2_cause(&e, goaway.is_set()),
+                        format!("health connection lost: {e}")),
+                };
+            }
+            () = sleep_until(next_readyz.into()), if readyz.is_none() => {
+                readyz = Some((Box::pin(readyz_h2(sender.clone(), uri.clone(), s.timeout)), Instant::now()));
+            }
             () = sleep_until(ping_deadline.into()), if ping_sent.is_some() => {
                 let sent = ping_sent.unwrap_or_else(Instant::now);
                 c.apply(Observation::Unanswered, sent);
-                if sent.elapsed() >= LATE_ANSWER_LIMIT {
+                if sent.elapsed() >= s.timeout * LATE_ANSWER_TIMEOUTS {
                     return Ending::GaveUp;
                 }
                 // Still outstanding: a late answer is an answer.
@@ -543,11 +544,13 @@ where
         let mut deadline = asked + s.timeout;
         let res = loop {
             tokio::select! {
-                r = &mut conn => return ended(r),
+                // An answer is judged before the end of the connection it came on.
+                biased;
                 r = &mut probe => break r,
+                r = &mut conn => return ended(r),
                 () = sleep_until(deadline.into()) => {
                     c.apply(Observation::Unanswered, asked);
-                    if asked.elapsed() >= LATE_ANSWER_LIMIT {
+                    if asked.elapsed() >= s.timeout * LATE_ANSWER_TIMEOUTS {
                         return Ending::GaveUp;
                     }
                     deadline = Instant::now() + s.timeout;

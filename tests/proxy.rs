@@ -391,7 +391,7 @@ fn version_and_help_show_defaults() {
         "200ms",
         "500ms",
         "600ms",
-        "[default: 4s]",
+        "[default: 30s]",
         "10000",
     ] {
         assert!(help.contains(d), "{d} missing from run --help");
