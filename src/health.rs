@@ -169,7 +169,9 @@ impl<'a> Checker<'a> {
                 } else {
                     self.set.spoke(b);
                 }
-                if v.to.is_none() {
+                // A failure that changed nothing still tells why a server that is not ready
+                // stays so; a ready server keeps the reason it became ready for.
+                if v.to.is_none() && !matches!(now, State::Ready | State::Unknown) {
                     b.observe(|o| o.reason = describe(cause));
                 }
             }
