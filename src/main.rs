@@ -52,7 +52,21 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
+/// A panic ends the process whatever the build profile says: a release build has
+/// panic = "abort", and the test build (profile ci, which must unwind for the test harness)
+/// behaves the same, so the tests see what a node would. apilb half-working after a panic
+/// (a worker's accept loop or a health checker gone, the rest running) is worse than a
+/// dead apilb that its supervisor restarts.
+fn abort_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::abort();
+    }));
+}
+
 fn main() -> ExitCode {
+    abort_on_panic();
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => {

@@ -54,11 +54,16 @@ impl Proxy {
         self.tracker.len()
     }
 
-    /// Accepts on `listener` until `stop` is cancelled.
+    /// Accepts on `listener` until `stop` is cancelled. Once this has returned, it takes no
+    /// more connections: every one it took is in `tracker` (so `drain` sees it).
     pub async fn serve(self: Arc<Self>, listener: TcpListener, stop: CancellationToken) {
         let mut backoff = Duration::from_millis(5);
         loop {
             let accepted = tokio::select! {
+                // Stop first: when both are ready, a connection left in the kernel's queue
+                // goes to the next process (socket activation), while one accepted now
+                // would be served by a process that is stopping.
+                biased;
                 () = stop.cancelled() => return,
                 r = listener.accept() => r,
             };

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::admin::Admin;
 use crate::backend::{Backend, Backends, Removal, Source};
@@ -181,21 +182,25 @@ pub async fn run(args: RunArgs, cfg: Config) -> anyhow::Result<()> {
     ));
     // Every worker accepts on every listener; connections live on the worker that took them.
     let workers = Workers::start(cfg.workers).context("cannot start the worker threads")?;
+    let accept_loops = TaskTracker::new();
     for (l, addr) in listeners.iter().zip(&cfg.listen) {
         for (i, worker) in workers.handles().enumerate() {
             let copy = l
                 .try_clone()
                 .with_context(|| format!("--listen {addr}: cannot share the socket"))?;
             let (proxy, stop, addr) = (proxy.clone(), stop_accepting.clone(), *addr);
-            worker.spawn(async move {
-                // Registered with this worker's runtime: accepts land here.
-                match tokio::net::TcpListener::from_std(copy) {
-                    Ok(l) => proxy.serve(l, stop).await,
-                    Err(e) => {
-                        tracing::error!(worker = i, %addr, error = %e, "worker cannot accept here")
+            accept_loops.spawn_on(
+                async move {
+                    // Registered with this worker's runtime: accepts land here.
+                    match tokio::net::TcpListener::from_std(copy) {
+                        Ok(l) => proxy.serve(l, stop).await,
+                        Err(e) => {
+                            tracing::error!(worker = i, %addr, error = %e, "worker cannot accept here")
+                        }
                     }
-                }
-            });
+                },
+                worker,
+            );
         }
     }
     drop(listeners);
@@ -249,6 +254,13 @@ pub async fn run(args: RunArgs, cfg: Config) -> anyhow::Result<()> {
         grace = %humantime::format_duration(cfg.drain_grace), "stopping: draining connections");
     stop_accepting.cancel();
     discovery_stop.cancel();
+    // The workers see the cancellation on their own threads, and one may be accepting a
+    // connection right now. Drain only once every accept loop has returned: a connection
+    // taken after the drain had looked (and found nothing) was cut by the hard stop below,
+    // a restart that reset a client. What is still in the kernel's queue then is left there,
+    // for the next process when the socket is inherited.
+    accept_loops.close();
+    accept_loops.wait().await;
     let left = proxy.drain(cfg.drain_grace).await;
     if left > 0 {
         tracing::info!(
