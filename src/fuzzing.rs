@@ -1,5 +1,5 @@
 //! Entry points of the fuzz targets under `fuzz/`, one per parser of outside input. They
-//! live in the library so that `tests/fuzz_corpus.rs` runs every seed of `fuzz/corpus/`
+//! live in the library so that `tests/fuzz_corpus.rs` runs every seed of `fuzz/seeds/`
 //! through the same code on stable Rust, in the normal test suite.
 //!
 //! Each function panics only when a property apilb relies on is broken — that is what a
