@@ -54,6 +54,8 @@ use crate::kubespray::{self, KubesprayError, LocalProxy};
 
 /// The example image reference errors and help show.
 pub const EXAMPLE_IMAGE: &str = concat!("registry.example.com/apilb:", env!("CARGO_PKG_VERSION"));
+/// The image `scripts/build-image` builds by default (to import on a node).
+pub const LOCAL_IMAGE: &str = concat!("localhost/apilb:", env!("CARGO_PKG_VERSION"));
 /// Where kubeadm keeps the cluster CA.
 pub const KUBEADM_CA: &str = "/etc/kubernetes/pki/ca.crt";
 /// Where kubespray keeps the cluster CA (`kube_cert_dir`; /etc/kubernetes/pki links to it).
@@ -83,10 +85,11 @@ pub enum ManifestError {
     #[error("--image {image:?}: {reason}; write e.g. {EXAMPLE_IMAGE}")]
     Image { image: String, reason: String },
     #[error(
-        "--image is required for the static pod: no public apilb image exists, so give the name \
-         the node's container runtime has it under — pushed to your registry, or imported on \
-         the node (scripts/build-image builds both; README: Installing on a node), e.g. \
-         --image {EXAMPLE_IMAGE}. Or pass --systemd to run the binary as a systemd service"
+        "--image is required for the static pod: no public apilb image exists, so name it as \
+         the node's container runtime has it: --image {LOCAL_IMAGE} once `scripts/build-image \
+         --oci apilb.tar` is imported on the node with `ctr -n k8s.io images import \
+         apilb.tar`, or e.g. --image {EXAMPLE_IMAGE} pushed to your registry (README: \
+         Installing on a node). Or pass --systemd to run the binary as a systemd service"
     )]
     ImageRequired,
 }
@@ -1167,6 +1170,7 @@ mod tests {
         assert!(
             msg.starts_with("--image is required")
                 && msg.contains(&format!("--image {EXAMPLE_IMAGE}"))
+                && msg.contains(&format!("--image {LOCAL_IMAGE}"))
                 && msg.contains("scripts/build-image")
                 && msg.contains("--systemd"),
             "{msg}"

@@ -80,7 +80,18 @@ fn mentioned(msg: &str) -> (Vec<String>, Vec<String>) {
             continue;
         }
         // Another program's command line (`kubeadm join`): its flags are not ours.
-        if i % 2 == 1 && part.starts_with("kubeadm") {
+        let program = part.split_whitespace().next().unwrap_or("");
+        if i % 2 == 1
+            && [
+                "kubeadm",
+                "kubectl",
+                "ctr",
+                "crictl",
+                "systemctl",
+                "scripts/build-image",
+            ]
+            .contains(&program)
+        {
             continue;
         }
         let mut rest = part;
@@ -241,6 +252,7 @@ fn manifest_cases(dir: &Path) -> Vec<Case> {
         says: "--image is required",
         fixes: vec![
             ("--image", add(&base, &["--image", IMAGE])),
+            ("--image", add(&base, &["--image", "localhost/apilb:0.1.0"])),
             ("--systemd", add(&base, &["--systemd"])),
         ],
         args: base,
@@ -697,7 +709,8 @@ fn every_suggested_fix_is_accepted_by_the_command_that_suggested_it() {
 fn mentioned_reads_flags_and_quoted_commands() {
     let (flags, commands) = mentioned(
         "--listen: `0.0.0.0:6443` is not a loopback address; pass --allow-non-loopback. For a \
-         ConfigMap run `apilb kubeconfig rewrite --configmap-key KEY`; e.g. --image x:1",
+         ConfigMap run `apilb kubeconfig rewrite --configmap-key KEY`; e.g. --image x:1 \
+         after `scripts/build-image --oci apilb.tar`",
     );
     assert_eq!(flags, ["--allow-non-loopback", "--image", "--listen"]);
     assert_eq!(commands, ["apilb kubeconfig rewrite --configmap-key KEY"]);
