@@ -260,11 +260,14 @@ pub struct KubeconfigRestoreArgs {
 
 #[derive(Debug, Args, Default)]
 #[command(after_help = "Examples:\n  \
-    apilb manifest --server 10.0.0.11:6443 --server 10.0.0.12:6443 --server 10.0.0.13:6443 \\\n      \
+    apilb manifest --image registry.example.com/apilb:0.1.0 \\\n      \
+    --server 10.0.0.11:6443 --server 10.0.0.12:6443 --server 10.0.0.13:6443 \\\n      \
     > /etc/kubernetes/manifests/apilb.yaml\n  \
-    apilb manifest --from-kubespray > /tmp/apilb.yaml\n  \
+    apilb manifest --from-kubespray --image registry.example.com/apilb:0.1.0 > /tmp/apilb.yaml\n  \
     apilb manifest --systemd --server 10.0.0.11:6443 --ca-file /etc/apilb/ca.crt \\\n      \
-    > /etc/systemd/system/apilb.service")]
+    > /etc/systemd/system/apilb.service\n  \
+    apilb manifest --socket --server 10.0.0.11:6443 --ca-file /etc/apilb/ca.crt \\\n      \
+    > /etc/systemd/system/apilb.socket")]
 pub struct ManifestArgs {
     /// A control plane, HOST:PORT (repeatable).
     #[arg(long, value_name = "HOST:PORT", conflicts_with = "from_kubespray")]
@@ -275,7 +278,13 @@ pub struct ManifestArgs {
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Vec<String>,
 
-    /// Container image of the static pod. [default: apilb:<this version>]
+    /// Allow --listen / --admin-listen on a non-loopback address (passed on to `apilb run`).
+    #[arg(long)]
+    pub allow_non_loopback: bool,
+
+    /// Container image of the static pod, as the node's container runtime knows it: pushed
+    /// to a registry, or imported on the node (scripts/build-image builds it). Required for
+    /// the static pod; not used by --systemd / --socket.
     #[arg(long, value_name = "IMAGE")]
     pub image: Option<String>,
 
@@ -313,7 +322,14 @@ pub struct ManifestArgs {
     #[arg(long)]
     pub systemd: bool,
 
-    /// Path of the apilb binary in the systemd unit. [default: /usr/local/bin/apilb]
+    /// Print the systemd socket unit (apilb.socket) that goes with the --systemd unit rendered
+    /// from the same flags: one ListenStream= per --listen address and one for --admin-listen.
+    #[arg(long, conflicts_with = "systemd")]
+    pub socket: bool,
+
+    /// Path of the apilb binary in the systemd unit (--systemd; accepted with --socket, which
+    /// does not use it, so both files render from the same flags). [default:
+    /// /usr/local/bin/apilb]
     #[arg(long, value_name = "PATH")]
     pub binary: Option<PathBuf>,
 
@@ -355,6 +371,12 @@ pub struct PostJoinArgs {
     /// Name to verify the apiserver certificate against. [default: the original server's host]
     #[arg(long, value_name = "NAME")]
     pub tls_server_name: Option<String>,
+    /// Rewrite this cluster instead of the current context's.
+    #[arg(long, value_name = "NAME", conflicts_with = "all_clusters")]
+    pub cluster: Option<String>,
+    /// Rewrite every cluster.
+    #[arg(long)]
+    pub all_clusters: bool,
     /// Admin endpoint of the local apilb, asked whether a server is ready.
     #[arg(long, default_value = "http://127.0.0.1:6447", value_name = "URL")]
     pub admin_url: String,

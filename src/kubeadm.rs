@@ -51,10 +51,14 @@ pub async fn post_join(a: &PostJoinArgs) -> anyhow::Result<()> {
     };
     let opts = RewriteOptions {
         server: a.server.clone(),
-        clusters: ClusterSelector::Current,
+        clusters: match (&a.cluster, a.all_clusters) {
+            (Some(name), _) => ClusterSelector::Named(name.clone()),
+            (None, true) => ClusterSelector::All,
+            (None, false) => ClusterSelector::Current,
+        },
         tls_server_name: a.tls_server_name.clone(),
     };
-    let outcome = kubeconfig::rewrite(&text, &source, &opts)?;
+    let outcome = kubeconfig::rewrite(&text, &source, &opts).map_err(for_post_join)?;
     let (new_text, changes) = match outcome {
         Outcome::Unchanged { reason } => {
             println!("{reason}");
@@ -98,6 +102,26 @@ pub async fn post_join(a: &PostJoinArgs) -> anyhow::Result<()> {
          daemonset kube-proxy"
     );
     Ok(())
+}
+
+/// kubeconfig's errors name the fixes of `apilb kubeconfig rewrite`; the one post-join has no
+/// flag for (a ConfigMap's `--configmap-key`) is told as the command that takes it.
+fn for_post_join(e: kubeconfig::KubeconfigError) -> kubeconfig::KubeconfigError {
+    match e {
+        kubeconfig::KubeconfigError::NotKubeconfig { file, reason }
+            if reason.contains("--configmap-key") =>
+        {
+            kubeconfig::KubeconfigError::NotKubeconfig {
+                file,
+                reason: "`kind` is ConfigMap; post-join rewrites the kubelet's own kubeconfig \
+                         (--kubeconfig, default /etc/kubernetes/kubelet.conf). For a \
+                         ConfigMap such as kube-proxy's, run `apilb kubeconfig rewrite \
+                         --configmap-key KEY`"
+                    .into(),
+            }
+        }
+        e => e,
+    }
 }
 
 fn restart(command: &str, source: &str) -> anyhow::Result<()> {

@@ -95,11 +95,14 @@ fn err(file: &Path, line: Option<usize>, message: impl Into<String>) -> Kubespra
 /// Finds and reads kubespray's proxy configuration. An explicit path is read as given;
 /// without one, whichever of the two default files exists is read (both existing is an
 /// error: kubespray leaves the old one behind when `loadbalancer_apiserver_type` changes).
+/// With `listen_given` (`--listen`), where the proxy listened is not needed: a problem with
+/// it is no error, and `listen` is left empty.
 pub fn discover(
-    nginx: Option<&Path>,
-    haproxy: Option<&Path>,
+    nginx_conf: Option<&Path>,
+    haproxy_cfg: Option<&Path>,
     default_nginx: &Path,
     default_haproxy: &Path,
+    listen_given: bool,
 ) -> Result<LocalProxy, KubesprayError> {
     let read = |path: &Path, kind: Kind| -> Result<LocalProxy, KubesprayError> {
         let text = std::fs::read_to_string(path).map_err(|e| {
@@ -116,12 +119,17 @@ pub fn discover(
                 ),
             )
         })?;
-        match kind {
-            Kind::Nginx => parse_nginx(&text, path),
-            Kind::Haproxy => parse_haproxy(&text, path),
+        let parsed = match kind {
+            Kind::Nginx => nginx(&text, path)?,
+            Kind::Haproxy => haproxy(&text, path)?,
+        };
+        if listen_given {
+            Ok(parsed.0)
+        } else {
+            strict(parsed)
         }
     };
-    match (nginx, haproxy) {
+    match (nginx_conf, haproxy_cfg) {
         (Some(p), _) => return read(p, Kind::Nginx),
         (None, Some(p)) => return read(p, Kind::Haproxy),
         (None, None) => {}
@@ -414,8 +422,26 @@ fn nginx_parse(text: &str, file: &Path) -> Result<Vec<Directive>, KubesprayError
     Ok(stack.pop().unwrap_or_default())
 }
 
+/// A parsed configuration whose listen addresses may have failed on their own: with
+/// `--listen` given they are not needed, so their error (whose fix is `--listen`) is no error.
+type Parsed = (LocalProxy, Result<Vec<SocketAddr>, KubesprayError>);
+
 /// Parses kubespray's nginx-proxy configuration.
 pub fn parse_nginx(text: &str, file: &Path) -> Result<LocalProxy, KubesprayError> {
+    strict(nginx(text, file)?)
+}
+
+/// Parses kubespray's HAProxy configuration.
+pub fn parse_haproxy(text: &str, file: &Path) -> Result<LocalProxy, KubesprayError> {
+    strict(haproxy(text, file)?)
+}
+
+fn strict((mut lp, listen): Parsed) -> Result<LocalProxy, KubesprayError> {
+    lp.listen = listen?;
+    Ok(lp)
+}
+
+fn nginx(text: &str, file: &Path) -> Result<Parsed, KubesprayError> {
     let top = nginx_parse(text, file)?;
     let stream: Vec<&Directive> = top
         .iter()
@@ -532,42 +558,48 @@ pub fn parse_nginx(text: &str, file: &Path) -> Result<LocalProxy, KubesprayError
         ));
     }
 
-    let mut listen = Vec::new();
-    for (server, _) in proxies.iter().filter(|(_, p)| p == chosen) {
-        for d in server.block.iter().flatten().filter(|d| d.name == "listen") {
-            let raw = d.args.first().ok_or_else(|| {
-                err(
-                    file,
-                    Some(d.line),
-                    "`listen` without an address; write `listen 127.0.0.1:6443;`",
-                )
-            })?;
-            if d.args[1..].iter().any(|a| a == "udp") {
-                continue;
-            }
-            let addrs = nginx_listen(raw).map_err(|m| err(file, Some(d.line), m))?;
-            for a in addrs {
-                push_unique(&mut listen, a);
+    let listen = || -> Result<Vec<SocketAddr>, KubesprayError> {
+        let mut listen = Vec::new();
+        for (server, _) in proxies.iter().filter(|(_, p)| p == chosen) {
+            for d in server.block.iter().flatten().filter(|d| d.name == "listen") {
+                let raw = d.args.first().ok_or_else(|| {
+                    err(
+                        file,
+                        Some(d.line),
+                        "`listen` without an address; write `listen 127.0.0.1:6443;`",
+                    )
+                })?;
+                if d.args[1..].iter().any(|a| a == "udp") {
+                    continue;
+                }
+                let addrs = nginx_listen(raw).map_err(|m| err(file, Some(d.line), m))?;
+                for a in addrs {
+                    push_unique(&mut listen, a);
+                }
             }
         }
-    }
-    if listen.is_empty() {
-        return Err(err(
-            file,
-            None,
-            format!(
-                "no `listen` in the stream server that passes to `{chosen}`; pass --listen \
+        if listen.is_empty() {
+            return Err(err(
+                file,
+                None,
+                format!(
+                    "no `listen` in the stream server that passes to `{chosen}`; pass --listen \
                  127.0.0.1:6443"
-            ),
-        ));
-    }
-    Ok(LocalProxy {
-        kind: Kind::Nginx,
-        file: file.to_path_buf(),
-        listen,
-        servers,
-        notes,
-    })
+                ),
+            ));
+        }
+        Ok(listen)
+    };
+    Ok((
+        LocalProxy {
+            kind: Kind::Nginx,
+            file: file.to_path_buf(),
+            listen: Vec::new(),
+            servers,
+            notes,
+        },
+        listen(),
+    ))
 }
 
 /// nginx `listen`: `ADDR:PORT`, `[V6]:PORT`, `PORT`, `*:PORT`, `localhost:PORT`.
@@ -710,8 +742,7 @@ fn haproxy_address(raw: &str) -> Result<&str, String> {
     Ok(rest)
 }
 
-/// Parses kubespray's HAProxy configuration.
-pub fn parse_haproxy(text: &str, file: &Path) -> Result<LocalProxy, KubesprayError> {
+fn haproxy(text: &str, file: &Path) -> Result<Parsed, KubesprayError> {
     let sections = haproxy_sections(text);
     let backends: Vec<&Section> = sections
         .iter()
@@ -800,49 +831,55 @@ pub fn parse_haproxy(text: &str, file: &Path) -> Result<LocalProxy, KubesprayErr
                         .any(|(_, w)| w.get(1) == Some(&backend.name)))
         })
         .collect();
-    let mut listen = Vec::new();
-    for s in &fronts {
-        for (line, words) in words_after(s, "bind") {
-            let Some(list) = words.get(1) else {
-                return Err(err(
-                    file,
-                    Some(*line),
-                    "`bind` without an address; write `bind 127.0.0.1:6443`",
-                ));
-            };
-            for raw in list.split(',') {
-                let addrs = haproxy_address(raw)
-                    .and_then(|a| {
-                        let (h, p) = split_host_port(a, true)?;
-                        let p = p.ok_or_else(|| format!("`bind {raw}` has no port"))?;
-                        listen_addrs(Some(&h), p, raw)
-                    })
-                    .map_err(|m| err(file, Some(*line), m))?;
-                for a in addrs {
-                    push_unique(&mut listen, a);
+    let listen = || -> Result<Vec<SocketAddr>, KubesprayError> {
+        let mut listen = Vec::new();
+        for s in &fronts {
+            for (line, words) in words_after(s, "bind") {
+                let Some(list) = words.get(1) else {
+                    return Err(err(
+                        file,
+                        Some(*line),
+                        "`bind` without an address; write `bind 127.0.0.1:6443`",
+                    ));
+                };
+                for raw in list.split(',') {
+                    let addrs = haproxy_address(raw)
+                        .and_then(|a| {
+                            let (h, p) = split_host_port(a, true)?;
+                            let p = p.ok_or_else(|| format!("`bind {raw}` has no port"))?;
+                            listen_addrs(Some(&h), p, raw)
+                        })
+                        .map_err(|m| err(file, Some(*line), m))?;
+                    for a in addrs {
+                        push_unique(&mut listen, a);
+                    }
                 }
             }
         }
-    }
-    if listen.is_empty() {
-        return Err(err(
-            file,
-            None,
-            format!(
-                "no frontend with a `bind` sends traffic to `{}` (kubespray's \
+        if listen.is_empty() {
+            return Err(err(
+                file,
+                None,
+                format!(
+                    "no frontend with a `bind` sends traffic to `{}` (kubespray's \
                  `frontend kube_api_frontend` has `bind 127.0.0.1:6443` and `default_backend \
                  kube_api_backend`); pass --listen 127.0.0.1:6443",
-                backend.name
-            ),
-        ));
-    }
-    Ok(LocalProxy {
-        kind: Kind::Haproxy,
-        file: file.to_path_buf(),
-        listen,
-        servers,
-        notes,
-    })
+                    backend.name
+                ),
+            ));
+        }
+        Ok(listen)
+    };
+    Ok((
+        LocalProxy {
+            kind: Kind::Haproxy,
+            file: file.to_path_buf(),
+            listen: Vec::new(),
+            servers,
+            notes,
+        },
+        listen(),
+    ))
 }
 
 #[cfg(test)]
@@ -981,7 +1018,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let n = dir.path().join("nginx.conf");
         let h = dir.path().join("haproxy.cfg");
-        let e = discover(None, None, &n, &h).unwrap_err();
+        let e = discover(None, None, &n, &h, false).unwrap_err();
         assert!(e.message.contains("neither"), "{e}");
         assert!(e.to_string().contains("nginx.conf") && e.message.contains("haproxy.cfg"));
         std::fs::write(
@@ -989,17 +1026,59 @@ mod tests {
             "frontend f\n bind 127.0.0.1:6443\n default_backend b\nbackend b\n server c 10.0.0.1:6443\n",
         )
         .unwrap();
-        assert_eq!(discover(None, None, &n, &h).unwrap().kind, Kind::Haproxy);
+        assert_eq!(
+            discover(None, None, &n, &h, false).unwrap().kind,
+            Kind::Haproxy
+        );
         std::fs::write(
             &n,
             "stream { upstream u { server 10.0.0.1:6443; } server { listen 127.0.0.1:6443; proxy_pass u; } }",
         )
         .unwrap();
-        let e = discover(None, None, &n, &h).unwrap_err();
+        let e = discover(None, None, &n, &h, false).unwrap_err();
         assert!(e.message.contains("both"), "{e}");
-        assert_eq!(discover(Some(&n), None, &n, &h).unwrap().kind, Kind::Nginx);
+        assert_eq!(
+            discover(Some(&n), None, &n, &h, false).unwrap().kind,
+            Kind::Nginx
+        );
         let missing = dir.path().join("missing.conf");
-        let e = discover(Some(&missing), None, &n, &h).unwrap_err();
+        let e = discover(Some(&missing), None, &n, &h, false).unwrap_err();
         assert!(e.to_string().contains("missing.conf") && e.message.contains("--nginx-conf"));
+    }
+
+    /// A listen-address problem is an error only when the listen addresses are needed: its
+    /// fix, --listen, makes them unneeded. Every other problem stays an error.
+    #[test]
+    fn discover_with_listen_given_ignores_only_listen_problems() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = dir.path().join("nginx.conf");
+        let h = dir.path().join("haproxy.cfg");
+        let nowhere = dir.path().join("none");
+        for (file, text) in [
+            (&n, "stream { upstream u { server 10.0.0.1:6443; } server { listen 6443; proxy_pass u; } }"),
+            (&n, "stream { upstream u { server 10.0.0.1:6443; } server { listen unix:/x; proxy_pass u; } }"),
+            (&n, "stream { upstream u { server 10.0.0.1:6443; } server { proxy_pass u; } }"),
+            (&h, "frontend f\n bind 0.0.0.0:6443\n default_backend b\nbackend b\n server c 10.0.0.1:6443\n"),
+            (&h, "backend b\n server c 10.0.0.1:6443\n"),
+        ] {
+            std::fs::write(file, text).unwrap();
+            let (nc, hc) = if *file == n {
+                (Some(n.as_path()), None)
+            } else {
+                (None, Some(h.as_path()))
+            };
+            let e = discover(nc, hc, &nowhere, &nowhere, false).unwrap_err();
+            assert!(e.message.contains("--listen"), "{text}: {e}");
+            let lp = discover(nc, hc, &nowhere, &nowhere, true).unwrap();
+            assert_eq!(lp.servers, specs(&["10.0.0.1:6443"]), "{text}");
+            assert!(lp.listen.is_empty());
+        }
+        // A server problem is still an error with --listen.
+        std::fs::write(
+            &n,
+            "stream { upstream u { } server { listen 127.0.0.1:6443; proxy_pass u; } }",
+        )
+        .unwrap();
+        assert!(discover(Some(&n), None, &nowhere, &nowhere, true).is_err());
     }
 }

@@ -188,11 +188,7 @@ fn manifest_command(args: &cli::ManifestArgs) -> ExitCode {
     let mut command = vec!["apilb".to_string()];
     command.extend(std::env::args().skip(1));
     let command = manifest::shell_line(&command);
-    let text = if args.systemd {
-        manifest::systemd_unit(&plan, &command)
-    } else {
-        manifest::static_pod(&plan, &command)
-    };
+    let text = manifest::render(&plan, args, &command);
     match std::io::stdout().write_all(text.as_bytes()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -1,6 +1,6 @@
 //! `apilb manifest`: renders what runs apilb on a node — a static pod for
 //! `/etc/kubernetes/manifests/apilb.yaml`, or (`--systemd`) a systemd unit,
-//! `apilb.service`.
+//! `apilb.service`, and (`--socket`) the socket unit that goes with it, `apilb.socket`.
 //!
 //! # What this module owns
 //!
@@ -18,12 +18,19 @@
 //!   dropped, no privilege escalation, seccomp `RuntimeDefault`. Port 6443 is above 1024,
 //!   so binding it needs no capability. The CA and client certificate are mounted
 //!   read-only from the host at the same paths (`hostPath` of type `File`: a missing file
-//!   stops the pod with a clear event instead of mounting an empty directory).
+//!   stops the pod with a clear event instead of mounting an empty directory). The health
+//!   client certificate and key are mounted by their directory instead (`Directory`): the
+//!   kubelet rotates `kubelet-client-current.pem` by pointing the symlink at a new file,
+//!   which a file mount would never show. The image is required (`--image`): no public
+//!   image exists, so only the operator knows the name the node's runtime has it under.
 //! * The systemd unit: `Restart=always` with no start limit, ordered before kubelet and
 //!   k3s-agent and wanted by them, `DynamicUser` with an empty capability set and the
 //!   usual sandboxing. The certificate files are passed with `LoadCredential=`, so they
 //!   are read by systemd (as root) whatever their permissions, and apilb reads copies in
 //!   `%d` (systemd ≥ 248).
+//! * The socket unit: one `ListenStream=` per `--listen` address and one for
+//!   `--admin-listen`, which `apilb run` takes over by address (`LISTEN_FDS`), so the same
+//!   flags give a unit and a socket that match.
 //!
 //! The YAML is built as a `yaml_serde::Value` and written by the kubeconfig module's
 //! emitter, which quotes every string a YAML 1.1 reader (the kubelet's) could take for a
@@ -45,8 +52,10 @@ use crate::cli::{ManifestArgs, RunArgs};
 use crate::config::{self, ConfigError, FileConfig, ServerSpec};
 use crate::kubespray::{self, KubesprayError, LocalProxy};
 
-/// The image a static pod runs unless `--image` says otherwise.
-pub const DEFAULT_IMAGE: &str = concat!("apilb:", env!("CARGO_PKG_VERSION"));
+/// The example image reference errors and help show.
+pub const EXAMPLE_IMAGE: &str = concat!("registry.example.com/apilb:", env!("CARGO_PKG_VERSION"));
+/// The image `scripts/build-image` builds by default (to import on a node).
+pub const LOCAL_IMAGE: &str = concat!("localhost/apilb:", env!("CARGO_PKG_VERSION"));
 /// Where kubeadm keeps the cluster CA.
 pub const KUBEADM_CA: &str = "/etc/kubernetes/pki/ca.crt";
 /// Where kubespray keeps the cluster CA (`kube_cert_dir`; /etc/kubernetes/pki links to it).
@@ -73,8 +82,16 @@ pub enum ManifestError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Kubespray(#[from] KubesprayError),
-    #[error("--image {image:?}: {reason}; write e.g. registry.example.com/apilb:v0.1.0")]
+    #[error("--image {image:?}: {reason}; write e.g. {EXAMPLE_IMAGE}")]
     Image { image: String, reason: String },
+    #[error(
+        "--image is required for the static pod: no public apilb image exists, so name it as \
+         the node's container runtime has it: --image {LOCAL_IMAGE} once `scripts/build-image \
+         --oci apilb.tar` is imported on the node with `ctr -n k8s.io images import \
+         apilb.tar`, or e.g. --image {EXAMPLE_IMAGE} pushed to your registry (README: \
+         Installing on a node). Or pass --systemd to run the binary as a systemd service"
+    )]
+    ImageRequired,
 }
 
 /// What gets rendered: validated, ready to write.
@@ -85,7 +102,10 @@ pub struct Plan {
     pub ca_file: PathBuf,
     pub health_client: Option<(PathBuf, PathBuf)>,
     pub admin_listen: SocketAddr,
-    pub image: String,
+    /// Passed on to `apilb run`.
+    pub allow_non_loopback: bool,
+    /// The static pod's image; `None` only for the systemd and socket units.
+    pub image: Option<String>,
     pub binary: PathBuf,
     /// Where the servers came from, when not from --server.
     pub source: Option<LocalProxy>,
@@ -99,18 +119,29 @@ pub struct Plan {
 /// looked at by `--from-kubespray` when neither `--nginx-conf` nor `--haproxy-cfg` is given.
 pub fn plan(a: &ManifestArgs, kubespray_defaults: (&Path, &Path)) -> Result<Plan, ManifestError> {
     // clap's `requires` counts a bool flag's default as given, so these are checked here.
-    for (given, flag, needs) in [
-        (a.nginx_conf.is_some(), "--nginx-conf", "--from-kubespray"),
-        (a.haproxy_cfg.is_some(), "--haproxy-cfg", "--from-kubespray"),
-        (a.binary.is_some(), "--binary", "--systemd"),
+    // --binary is accepted with --socket too, so the unit and the socket render from the
+    // same flags.
+    for (given, flag, needs, has) in [
+        (
+            a.nginx_conf.is_some(),
+            "--nginx-conf",
+            "--from-kubespray",
+            a.from_kubespray,
+        ),
+        (
+            a.haproxy_cfg.is_some(),
+            "--haproxy-cfg",
+            "--from-kubespray",
+            a.from_kubespray,
+        ),
+        (
+            a.binary.is_some(),
+            "--binary",
+            "--systemd",
+            a.systemd || a.socket,
+        ),
     ] {
-        if given
-            && !(if needs == "--systemd" {
-                a.systemd
-            } else {
-                a.from_kubespray
-            })
-        {
+        if given && !has {
             return Err(ConfigError {
                 origin: flag.to_string(),
                 message: format!("only means something with {needs}; add {needs}"),
@@ -119,13 +150,27 @@ pub fn plan(a: &ManifestArgs, kubespray_defaults: (&Path, &Path)) -> Result<Plan
         }
     }
     let source = if a.from_kubespray {
+        // With --listen given, kubespray's listen addresses are not needed, and a problem
+        // with them (the fix those errors suggest is --listen) is no error.
         Some(kubespray::discover(
             a.nginx_conf.as_deref(),
             a.haproxy_cfg.as_deref(),
             kubespray_defaults.0,
             kubespray_defaults.1,
+            !a.listen.is_empty(),
         )?)
     } else {
+        if a.server.is_empty() {
+            // config::resolve would suggest a config file, which `apilb manifest` has not.
+            return Err(ConfigError {
+                origin: "--server".into(),
+                message: "no servers: give each control plane as --server HOST:PORT \
+                          (repeatable), or take them from kubespray's nginx-proxy or HAProxy \
+                          on this node with --from-kubespray"
+                    .into(),
+            }
+            .into());
+        }
         None
     };
     let (servers, listen) = match &source {
@@ -150,6 +195,7 @@ pub fn plan(a: &ManifestArgs, kubespray_defaults: (&Path, &Path)) -> Result<Plan
         .unwrap_or_else(|| PathBuf::from(default_ca));
     let run = RunArgs {
         listen,
+        allow_non_loopback: a.allow_non_loopback,
         server: servers,
         ca_file: Some(ca_file.clone()),
         health_client_cert: a.health_client_cert.clone(),
@@ -186,12 +232,40 @@ pub fn plan(a: &ManifestArgs, kubespray_defaults: (&Path, &Path)) -> Result<Plan
             check_path(flag, p)?;
         }
     }
-    let image = a.image.clone().unwrap_or_else(|| DEFAULT_IMAGE.to_string());
-    if image.is_empty() || image.contains(char::is_whitespace) {
-        return Err(ManifestError::Image {
-            image,
-            reason: "an image reference has no spaces and is not empty".into(),
-        });
+    if cfg.listen.contains(&cfg.admin_listen) {
+        return Err(ConfigError {
+            origin: "--admin-listen".into(),
+            message: format!(
+                "`{}` is also a --listen address; give the admin endpoint a port of its own",
+                cfg.admin_listen
+            ),
+        }
+        .into());
+    }
+    let unit = a.systemd || a.socket;
+    let image = match &a.image {
+        Some(image) => {
+            check_image(image).map_err(|reason| ManifestError::Image {
+                image: image.clone(),
+                reason,
+            })?;
+            Some(image.clone())
+        }
+        None if unit => None,
+        None => return Err(ManifestError::ImageRequired),
+    };
+    if !unit {
+        // The static pod mounts their directories (the kubelet rotates its client
+        // certificate by re-pointing a symlink): a directory near the root would put much
+        // of the host into the pod.
+        for (flag, p) in [
+            ("--health-client-cert", a.health_client_cert.as_ref()),
+            ("--health-client-key", a.health_client_key.as_ref()),
+        ] {
+            if let Some(p) = p {
+                check_mounted_dir(flag, p)?;
+            }
+        }
     }
 
     let mut warnings = Vec::new();
@@ -228,6 +302,7 @@ pub fn plan(a: &ManifestArgs, kubespray_defaults: (&Path, &Path)) -> Result<Plan
         ca_file,
         health_client: cfg.health_client_cert.zip(cfg.health_client_key),
         admin_listen: cfg.admin_listen,
+        allow_non_loopback: a.allow_non_loopback,
         image,
         binary: a
             .binary
@@ -262,6 +337,101 @@ fn check_path(flag: &'static str, p: &Path) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// An image reference as the container runtimes parse it: `[HOST[:PORT]/]NAME[:TAG][@DIGEST]`
+/// with a lowercase NAME. Returns what is wrong.
+fn check_image(image: &str) -> Result<(), String> {
+    if image.is_empty() || image.contains(|c: char| c.is_whitespace() || c.is_control()) {
+        return Err("an image reference has no spaces and is not empty".into());
+    }
+    let (rest, digest) = match image.split_once('@') {
+        Some((r, d)) => (r, Some(d)),
+        None => (image, None),
+    };
+    if let Some(d) = digest {
+        let ok = d.split_once(':').is_some_and(|(alg, hex)| {
+            !alg.is_empty()
+                && alg
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+                && hex.len() >= 32
+                && hex.chars().all(|c| c.is_ascii_hexdigit())
+        });
+        if !ok {
+            return Err(format!(
+                "`@{d}` is not a digest; a digest reads @sha256:<64 hex digits>"
+            ));
+        }
+    }
+    let (name, tag) = match rest.rsplit_once(':') {
+        Some((n, t)) if !t.contains('/') => (n, Some(t)),
+        _ => (rest, None),
+    };
+    if let Some(t) = tag {
+        let ok = (1..=128).contains(&t.len())
+            && t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+            && !t.starts_with(['.', '-']);
+        if !ok {
+            return Err(format!(
+                "the tag `{t}` may hold only letters, digits, `_`, `.` and `-` (at most 128)"
+            ));
+        }
+    }
+    let mut parts: Vec<&str> = name.split('/').collect();
+    // A first part with a `.` or `:`, or `localhost`, is a registry host.
+    if parts.len() > 1
+        && (parts[0].contains(['.', ':']) || parts[0] == "localhost")
+        && parts[0]
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c))
+    {
+        parts.remove(0);
+    }
+    for part in parts {
+        let ok = !part.is_empty()
+            && part
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+            && part.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && part.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit());
+        if !ok {
+            return Err(format!(
+                "the repository part `{part}` must be lowercase letters and digits, separated \
+                 by `.`, `_` or `-`"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The static pod mounts `p`'s directory: refuse `/` and top-level directories.
+fn check_mounted_dir(flag: &'static str, p: &Path) -> Result<(), ConfigError> {
+    let depth = p
+        .parent()
+        .map(|d| {
+            d.components()
+                .filter(|c| matches!(c, std::path::Component::Normal(_)))
+                .count()
+        })
+        .unwrap_or(0);
+    if depth < 2 {
+        return Err(ConfigError {
+            origin: flag.to_string(),
+            message: format!(
+                "the static pod mounts the directory of `{}` read-only (so it sees a \
+                 certificate the kubelet rotates), and `{}` is too much of the host to mount; \
+                 keep the file in a directory of its own, e.g. /etc/apilb/{}",
+                p.display(),
+                p.parent().unwrap_or(Path::new("/")).display(),
+                p.file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "client.pem".into())
+            ),
+        });
+    }
+    Ok(())
+}
+
 fn path_str(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
@@ -272,6 +442,9 @@ fn run_args<'p>(
     mut files: impl FnMut(&'static str, &'p Path) -> String,
 ) -> Vec<String> {
     let mut args = vec!["run".to_string()];
+    if plan.allow_non_loopback {
+        args.push("--allow-non-loopback".to_string());
+    }
     for l in &plan.listen {
         args.push(format!("--listen={l}"));
     }
@@ -351,25 +524,39 @@ fn probe(plan: &Plan, path: &str, period: u64, failures: u64) -> Value {
 
 /// The static pod, as YAML. `command` is the command line shown in the header.
 pub fn static_pod(plan: &Plan, command: &str) -> String {
-    // One volume per distinct file (cert and key may be one PEM file).
-    let mut files: Vec<(&str, &Path)> = vec![("ca", plan.ca_file.as_path())];
+    // (name, host path, hostPath type, read-only). The health client certificate and key
+    // by their directory: the kubelet rotates kubelet-client-current.pem by re-pointing the
+    // symlink, and a file mount keeps showing the file it pointed at when the pod started.
+    let mut dirs: Vec<(&str, &Path, &str, bool)> = Vec::new();
     if let Some((cert, key)) = &plan.health_client {
-        for (name, p) in [
-            ("health-client-cert", cert.as_path()),
-            ("health-client-key", key.as_path()),
-        ] {
-            if !files.iter().any(|(_, q)| *q == p) {
-                files.push((name, p));
+        for (name, p) in [("health-client", cert), ("health-client-key", key)] {
+            if let Some(dir) = p.parent() {
+                dirs.push((name, dir, "Directory", true));
             }
         }
     }
-    // (name, host path, hostPath type, read-only)
-    let mut host: Vec<(&str, &Path, &str, bool)> =
-        files.iter().map(|(n, p)| (*n, *p, "File", true)).collect();
     if let Some(d) = &plan.discovery {
-        host.push(("discovery-kubeconfig", &d.kubeconfig, "File", true));
-        host.push(("kubelet-pki", &d.cert_dir, "Directory", true));
-        host.push(("state", &d.state_dir, "DirectoryOrCreate", false));
+        dirs.push(("kubelet-pki", &d.cert_dir, "Directory", true));
+        dirs.push(("state", &d.state_dir, "DirectoryOrCreate", false));
+    }
+    let mut files: Vec<(&str, &Path, &str, bool)> = vec![("ca", &plan.ca_file, "File", true)];
+    if let Some(d) = &plan.discovery {
+        files.push(("discovery-kubeconfig", &d.kubeconfig, "File", true));
+    }
+    // Files first (the CA leads, as it always has), then directories; one mount per path,
+    // and none for a file a mounted directory already holds.
+    let mut host: Vec<(&str, &Path, &str, bool)> = Vec::new();
+    for f in files {
+        if !dirs.iter().any(|d| f.1.starts_with(d.1)) {
+            host.push(f);
+        }
+    }
+    for d in dirs {
+        match host.iter_mut().find(|h| h.1 == d.1) {
+            // One mount, writable if either needs it (the state directory).
+            Some(h) => h.3 &= d.3,
+            None => host.push(d),
+        }
     }
     let mounts = host
         .iter()
@@ -405,7 +592,8 @@ pub fn static_pod(plan: &Plan, command: &str) -> String {
         .collect();
     let container = map(vec![
         ("name", s("apilb")),
-        ("image", s(&plan.image)),
+        // plan() refuses a static pod without an image.
+        ("image", s(plan.image.clone().unwrap_or_default())),
         ("imagePullPolicy", s("IfNotPresent")),
         ("args", Value::Sequence(args)),
         (
@@ -608,6 +796,68 @@ pub fn systemd_unit(plan: &Plan, command: &str) -> String {
     out
 }
 
+/// The systemd socket unit for [`systemd_unit`] of the same plan: `apilb run` serves on an
+/// inherited socket whose address matches a `--listen` or the `--admin-listen` address.
+pub fn socket_unit(plan: &Plan, command: &str) -> String {
+    let mut out = header(
+        plan,
+        &[
+            "apilb: the listening sockets of apilb.service (systemd socket activation). systemd",
+            "holds them, so `systemctl restart apilb` or a binary upgrade refuses no connection:",
+            "new ones wait in the kernel's queue until the new process accepts them.",
+            "Install: save as /etc/systemd/system/apilb.socket next to apilb.service (rendered",
+            "from the same flags with --systemd instead of --socket), then",
+            "  systemctl daemon-reload && systemctl enable --now apilb.socket apilb.service",
+        ],
+        command,
+    );
+    out.push_str(
+        "\n[Unit]\n\
+         Description=apilb listening sockets (node-local Kubernetes API load balancer)\n\
+         Before=kubelet.service k3s-agent.service\n\
+         \n\
+         [Socket]\n\
+         # --listen: client connections\n",
+    );
+    for l in &plan.listen {
+        out.push_str(&format!("ListenStream={l}\n"));
+    }
+    out.push_str(&format!(
+        "# --admin-listen: probes, metrics, apilb status\nListenStream={}\n",
+        plan.admin_listen
+    ));
+    if plan
+        .listen
+        .iter()
+        .chain([&plan.admin_listen])
+        .any(SocketAddr::is_ipv6)
+    {
+        out.push_str(
+            "# IPv6 sockets take IPv6 only, as apilb's own listeners do (IPV6_V6ONLY).\n\
+             BindIPv6Only=ipv6-only\n",
+        );
+    }
+    out.push_str(
+        "ReusePort=true\n\
+         Service=apilb.service\n\
+         \n\
+         [Install]\n\
+         WantedBy=sockets.target\n",
+    );
+    out
+}
+
+/// What the flags ask for: the socket unit, the systemd unit or the static pod.
+pub fn render(plan: &Plan, a: &ManifestArgs, command: &str) -> String {
+    if a.socket {
+        socket_unit(plan, command)
+    } else if a.systemd {
+        systemd_unit(plan, command)
+    } else {
+        static_pod(plan, command)
+    }
+}
+
 /// A command line as a POSIX shell reads it back (for the header).
 pub fn shell_line(args: &[String]) -> String {
     args.iter()
@@ -650,7 +900,11 @@ mod tests {
     }
 
     fn pod_of(v: &[&str]) -> (String, Value) {
-        let p = plan(&margs(v), nowhere()).unwrap();
+        let mut v = v.to_vec();
+        if !v.contains(&"--image") {
+            v.extend(["--image", EXAMPLE_IMAGE]);
+        }
+        let p = plan(&margs(&v), nowhere()).unwrap();
         let text = static_pod(&p, "apilb manifest");
         let doc = yaml_serde::from_str(&text).unwrap();
         (text, doc)
@@ -750,7 +1004,7 @@ mod tests {
             "RuntimeDefault"
         );
         let c = &spec["containers"][0];
-        assert_eq!(c["image"], DEFAULT_IMAGE);
+        assert_eq!(c["image"], EXAMPLE_IMAGE);
         let args: Vec<&str> = c["args"]
             .as_sequence()
             .unwrap()
@@ -812,9 +1066,10 @@ mod tests {
         assert_eq!(c["livenessProbe"]["httpGet"]["host"], "::1");
         assert_eq!(c["livenessProbe"]["httpGet"]["port"], 7447);
         assert_eq!(c["image"], "registry.example.com/apilb:v1");
-        // cert and key are one file: one volume, one mount.
+        // cert and key are one file: its directory is one volume, one mount.
         assert_eq!(c["volumeMounts"].as_sequence().unwrap().len(), 2);
         assert_eq!(pod["spec"]["volumes"].as_sequence().unwrap().len(), 2);
+        assert_eq!(c["volumeMounts"][1]["mountPath"], "/var/lib/kubelet/pki");
         assert!(text
             .contains("- --health-client-key=/var/lib/kubelet/pki/kubelet-client-current.pem\n"));
         assert!(text.contains("- --listen=[::1]:6443\n"), "{text}");
@@ -826,9 +1081,11 @@ mod tests {
             "--server",
             "10.0.0.1:6443",
             "--health-client-cert",
-            "/c.pem",
+            "/etc/apilb/c.pem",
             "--health-client-key",
-            "/k.pem",
+            "/etc/apilb/k.pem",
+            "--image",
+            EXAMPLE_IMAGE,
         ];
         let p = plan(&margs(&key), nowhere()).unwrap();
         assert_eq!(p.warnings.len(), 1, "{:?}", p.warnings);
@@ -840,7 +1097,14 @@ mod tests {
             .warnings
             .is_empty());
         let p = plan(
-            &margs(&["--server", "10.0.0.1:6443", "--listen", "127.0.0.1:443"]),
+            &margs(&[
+                "--server",
+                "10.0.0.1:6443",
+                "--listen",
+                "127.0.0.1:443",
+                "--image",
+                EXAMPLE_IMAGE,
+            ]),
             nowhere(),
         )
         .unwrap();
@@ -855,8 +1119,13 @@ mod tests {
     fn manifest_invalid_input_names_the_flag() {
         let e = plan(&margs(&["--server", "cp1"]), nowhere()).unwrap_err();
         assert!(e.to_string().starts_with("--server:"), "{e}");
-        let e = plan(&margs(&[]), nowhere()).unwrap_err();
-        assert!(e.to_string().contains("no servers"), "{e}");
+        let e = plan(&margs(&[]), nowhere()).unwrap_err().to_string();
+        assert!(
+            e.contains("no servers")
+                && e.contains("--from-kubespray")
+                && !e.contains("config file"),
+            "{e}"
+        );
         let e = plan(
             &margs(&["--server", "a:1", "--listen", "0.0.0.0:6443"]),
             nowhere(),
@@ -891,6 +1160,258 @@ mod tests {
             full.extend_from_slice(bad);
             assert!(crate::cli::Cli::try_parse_from(full).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn manifest_static_pod_requires_a_valid_image() {
+        let e = plan(&margs(&["--server", "10.0.0.1:6443"]), nowhere()).unwrap_err();
+        assert!(matches!(e, ManifestError::ImageRequired), "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with("--image is required")
+                && msg.contains(&format!("--image {EXAMPLE_IMAGE}"))
+                && msg.contains(&format!("--image {LOCAL_IMAGE}"))
+                && msg.contains("scripts/build-image")
+                && msg.contains("--systemd"),
+            "{msg}"
+        );
+        // The units run the binary: no image needed.
+        for unit in ["--systemd", "--socket"] {
+            let p = plan(&margs(&["--server", "10.0.0.1:6443", unit]), nowhere()).unwrap();
+            assert!(p.image.is_none());
+        }
+        for good in [
+            "apilb:0.1.0",
+            "yes",
+            "registry.example.com/apilb:0.1.0",
+            "localhost:5000/team/apilb",
+            "[fd00::1]:5000/apilb:v1",
+            "registry.example.com/apilb@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        ] {
+            assert_eq!(check_image(good), Ok(()), "{good}");
+        }
+        for (bad, says) in [
+            ("", "not empty"),
+            ("a b", "no spaces"),
+            ("Apilb:0.1.0", "`Apilb`"),
+            ("registry.example.com/Team/apilb", "`Team`"),
+            ("apilb:", "tag ``"),
+            ("apilb:-x", "tag `-x`"),
+            ("a//b", "part ``"),
+            ("apilb@sha256:xyz", "not a digest"),
+        ] {
+            let e = check_image(bad).unwrap_err();
+            assert!(e.contains(says), "{bad:?}: {e}");
+            let e = plan(&margs(&["--server", "a:1", "--image", bad]), nowhere()).unwrap_err();
+            assert!(
+                e.to_string().starts_with("--image ") && e.to_string().contains(EXAMPLE_IMAGE),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn manifest_allow_non_loopback_is_passed_on() {
+        let (_, pod) = pod_of(&[
+            "--server",
+            "10.0.0.1:6443",
+            "--listen",
+            "0.0.0.0:6443",
+            "--admin-listen",
+            "0.0.0.0:6447",
+            "--allow-non-loopback",
+        ]);
+        let args = &pod["spec"]["containers"][0]["args"];
+        assert_eq!(args[1], "--allow-non-loopback");
+        assert_eq!(args[2], "--listen=0.0.0.0:6443");
+        let p = plan(
+            &margs(&[
+                "--systemd",
+                "--server",
+                "10.0.0.1:6443",
+                "--listen",
+                "0.0.0.0:6443",
+                "--allow-non-loopback",
+            ]),
+            nowhere(),
+        )
+        .unwrap();
+        assert!(systemd_unit(&p, "x").contains("    run \\\n    --allow-non-loopback \\\n"));
+        // Without it, the default stays loopback only.
+        let (_, pod) = pod_of(&["--server", "10.0.0.1:6443"]);
+        assert!(!format!("{:?}", pod).contains("allow-non-loopback"));
+    }
+
+    #[test]
+    fn manifest_health_client_files_are_mounted_by_directory() {
+        let vols = |pod: &Value| -> Vec<(String, String, bool)> {
+            let c = &pod["spec"]["containers"][0];
+            pod["spec"]["volumes"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .zip(c["volumeMounts"].as_sequence().unwrap())
+                .map(|(v, m)| {
+                    assert_eq!(v["name"], m["name"]);
+                    assert_eq!(v["hostPath"]["path"], m["mountPath"]);
+                    (
+                        v["hostPath"]["path"].as_str().unwrap().to_string(),
+                        v["hostPath"]["type"].as_str().unwrap().to_string(),
+                        m["readOnly"].as_bool().unwrap(),
+                    )
+                })
+                .collect()
+        };
+        let v = |p: &str, t: &str, ro: bool| (p.to_string(), t.to_string(), ro);
+        // kubelet's rotating certificate: its directory, read-only, never the symlink itself.
+        let current = "/var/lib/kubelet/pki/kubelet-client-current.pem";
+        let (text, pod) = pod_of(&[
+            "--server",
+            "10.0.0.1:6443",
+            "--health-client-cert",
+            current,
+            "--health-client-key",
+            current,
+        ]);
+        assert_eq!(
+            vols(&pod),
+            [
+                v("/etc/kubernetes/pki/ca.crt", "File", true),
+                v("/var/lib/kubelet/pki", "Directory", true)
+            ]
+        );
+        assert!(text.contains(&format!("- --health-client-cert={current}\n")));
+        // Two directories; a CA inside a mounted directory needs no mount of its own.
+        let (_, pod) = pod_of(&[
+            "--server",
+            "10.0.0.1:6443",
+            "--ca-file",
+            "/etc/apilb/ca.crt",
+            "--health-client-cert",
+            "/etc/apilb/client.crt",
+            "--health-client-key",
+            "/etc/apilb/private/client.key",
+        ]);
+        assert_eq!(
+            vols(&pod),
+            [
+                v("/etc/apilb", "Directory", true),
+                v("/etc/apilb/private", "Directory", true)
+            ]
+        );
+        // With discovery, the kubelet's directory is mounted once.
+        let (_, pod) = pod_of(&[
+            "--server",
+            "10.0.0.1:6443",
+            "--health-client-cert",
+            current,
+            "--health-client-key",
+            current,
+            "--discovery-kubeconfig",
+            "/etc/kubernetes/kubelet.conf",
+        ]);
+        assert_eq!(
+            vols(&pod),
+            [
+                v("/etc/kubernetes/pki/ca.crt", "File", true),
+                v("/etc/kubernetes/kubelet.conf", "File", true),
+                v("/var/lib/kubelet/pki", "Directory", true),
+                v("/var/lib/apilb", "DirectoryOrCreate", false)
+            ]
+        );
+        // A directory near the root is refused for the pod (not for the unit's credentials).
+        for (cert, dir) in [("/client.pem", "/"), ("/etc/client.pem", "/etc")] {
+            let args = [
+                "--server",
+                "10.0.0.1:6443",
+                "--image",
+                EXAMPLE_IMAGE,
+                "--health-client-cert",
+                cert,
+                "--health-client-key",
+                "/etc/apilb/k.pem",
+            ];
+            let e = plan(&margs(&args), nowhere()).unwrap_err().to_string();
+            assert!(
+                e.starts_with("--health-client-cert:")
+                    && e.contains(&format!("`{dir}` is too much"))
+                    && e.contains("/etc/apilb/client.pem"),
+                "{e}"
+            );
+            let mut unit = args.to_vec();
+            unit.push("--systemd");
+            assert!(plan(&margs(&unit), nowhere()).is_ok());
+        }
+    }
+
+    #[test]
+    fn manifest_socket_unit_listens_where_the_unit_does() {
+        let p = plan(
+            &margs(&["--socket", "--server", "10.0.0.1:6443"]),
+            nowhere(),
+        )
+        .unwrap();
+        let u = socket_unit(&p, "apilb manifest --socket");
+        let listens: Vec<&str> = u
+            .lines()
+            .filter_map(|l| l.strip_prefix("ListenStream="))
+            .collect();
+        assert_eq!(listens, ["127.0.0.1:6443", "127.0.0.1:6447"]);
+        assert!(!u.contains("BindIPv6Only"));
+        for line in [
+            "Service=apilb.service\n",
+            "ReusePort=true\n",
+            "WantedBy=sockets.target\n",
+        ] {
+            assert!(u.contains(line), "{line:?} in\n{u}");
+        }
+        let p = plan(
+            &margs(&[
+                "--socket",
+                "--server",
+                "10.0.0.1:6443",
+                "--listen",
+                "127.0.0.1:6443",
+                "--listen",
+                "[::1]:6443",
+                "--admin-listen",
+                "[::1]:7447",
+                "--binary",
+                "/opt/apilb",
+            ]),
+            nowhere(),
+        )
+        .unwrap();
+        let u = socket_unit(&p, "x");
+        let listens: Vec<&str> = u
+            .lines()
+            .filter_map(|l| l.strip_prefix("ListenStream="))
+            .collect();
+        assert_eq!(listens, ["127.0.0.1:6443", "[::1]:6443", "[::1]:7447"]);
+        assert!(u.contains("\nBindIPv6Only=ipv6-only\n"));
+        // One of the two units per rendering.
+        assert!(crate::cli::Cli::try_parse_from([
+            "apilb",
+            "manifest",
+            "--socket",
+            "--systemd",
+            "--server",
+            "a:1"
+        ])
+        .is_err());
+        // The admin endpoint on a listen address would collide in the socket unit too.
+        let e = plan(
+            &margs(&[
+                "--socket",
+                "--server",
+                "a:1",
+                "--admin-listen",
+                "127.0.0.1:6443",
+            ]),
+            nowhere(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().starts_with("--admin-listen:"), "{e}");
     }
 
     #[test]

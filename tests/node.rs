@@ -27,12 +27,17 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// The image the README's install section builds and imports.
+const IMAGE: &str = "localhost/apilb:0.1.0";
+
 /// The examples in manifests/ and the command that renders each.
 const EXAMPLES: &[(&str, &[&str])] = &[
     (
         "manifests/apilb.yaml",
         &[
             "manifest",
+            "--image",
+            IMAGE,
             "--server",
             "10.0.0.11:6443",
             "--server",
@@ -46,6 +51,19 @@ const EXAMPLES: &[(&str, &[&str])] = &[
         &[
             "manifest",
             "--systemd",
+            "--server",
+            "10.0.0.11:6443",
+            "--server",
+            "10.0.0.12:6443",
+            "--server",
+            "10.0.0.13:6443",
+        ],
+    ),
+    (
+        "manifests/apilb.socket",
+        &[
+            "manifest",
+            "--socket",
             "--server",
             "10.0.0.11:6443",
             "--server",
@@ -158,15 +176,25 @@ fn manifest_systemd_unit_passes_systemd_analyze_verify() {
     let out = apilb(&args);
     assert!(out.status.success(), "{}", text(&out.stderr));
     std::fs::write(&unit, &out.stdout).unwrap();
+    // The socket unit from the same flags, verified with the service it activates.
+    let socket = dir.path().join("apilb.socket");
+    let swapped: Vec<&str> = args
+        .iter()
+        .map(|a| if *a == "--systemd" { "--socket" } else { a })
+        .collect();
+    let out = apilb(&swapped);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    std::fs::write(&socket, &out.stdout).unwrap();
     let v = Command::new("systemd-analyze")
         .args(["verify", "--man=no"])
         .arg(&unit)
+        .arg(&socket)
         .output()
         .unwrap();
     let said = text(&v.stderr);
     let ours: Vec<&str> = said
         .lines()
-        .filter(|l| l.contains("apilb.service"))
+        .filter(|l| l.contains("apilb.service") || l.contains("apilb.socket"))
         .collect();
     assert!(
         v.status.success() && ours.is_empty(),
@@ -236,6 +264,8 @@ async fn manifest_arguments_run_and_the_probes_answer() {
         ];
         if systemd {
             args.push("--systemd");
+        } else {
+            args.extend(["--image", IMAGE]);
         }
         let out = apilb(&args);
         assert!(out.status.success(), "{}", text(&out.stderr));
@@ -289,6 +319,92 @@ async fn manifest_arguments_run_and_the_probes_answer() {
         );
         drop(child);
     }
+}
+
+/// The socket unit and the service unit rendered from the same flags fit: run the way
+/// systemd runs them (systemd's own `systemd-socket-activate` holds every `ListenStream=`
+/// and starts the unit's `ExecStart=` on the first connection), apilb serves on every
+/// socket it is handed, binds nothing itself, and the probes answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifest_socket_unit_hands_apilb_exactly_its_listeners() {
+    if Command::new("systemd-socket-activate")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED: systemd-socket-activate is not installed");
+        return;
+    }
+    let pki = Pki::new();
+    let s = Standin::start(&pki, [127, 0, 0, 2], "cp1");
+    let ca = pki.ca.display().to_string();
+    let listen1 = free_port([127, 0, 0, 1]).to_string();
+    let listen2 = free_port([127, 0, 0, 1]).to_string();
+    let admin = free_port([127, 0, 0, 1]).to_string();
+    let server = s.addr.to_string();
+    let flags = [
+        "--server",
+        &server,
+        "--listen",
+        &listen1,
+        "--listen",
+        &listen2,
+        "--admin-listen",
+        &admin,
+        "--ca-file",
+        &ca,
+    ];
+    let render = |unit: &str| {
+        let mut args = vec!["manifest", unit];
+        args.extend(flags);
+        let out = apilb(&args);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let socket = render("--socket");
+    let streams: Vec<&str> = socket
+        .lines()
+        .filter_map(|l| l.strip_prefix("ListenStream="))
+        .collect();
+    assert_eq!(streams, [&listen1, &listen2, &admin]);
+    let unit = render("--systemd");
+    let exec = unit
+        .split("ExecStart=")
+        .nth(1)
+        .and_then(|r| r.split("\nExecReload").next())
+        .unwrap();
+    let run_args: Vec<String> = exec
+        .split_whitespace()
+        .filter(|w| *w != "\\")
+        .skip(1)
+        .map(|w| w.replace("%d/ca.crt", &ca))
+        .collect();
+
+    let mut cmd = Command::new("systemd-socket-activate");
+    for l in &streams {
+        cmd.arg("-l").arg(l);
+    }
+    let mut child = cmd
+        .arg(APILB)
+        .args(&run_args)
+        .args(["--log-format", "json"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The probe's connection is what starts apilb, as with systemd.
+    let t = std::time::Duration::from_secs(15);
+    let readyz = probe_until(&admin, "/readyz", 200, t).await;
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let log = text(&out.stderr);
+    assert_eq!(readyz, 200, "{log}");
+    let taken = log
+        .lines()
+        .filter(|l| l.contains("serving on an inherited socket"))
+        .count();
+    assert_eq!(taken, streams.len(), "{log}");
+    assert!(!log.contains("matches no"), "{log}");
 }
 
 fn pod_args(out: &Output) -> Vec<String> {
@@ -359,7 +475,14 @@ fn manifest_from_kubespray_reads_every_shape_kubespray_renders() {
     ];
     for (flag, file, listen, servers) in cases {
         let path = format!("tests/data/kubespray/{file}");
-        let out = apilb(&["manifest", "--from-kubespray", flag, &path]);
+        let out = apilb(&[
+            "manifest",
+            "--from-kubespray",
+            flag,
+            &path,
+            "--image",
+            IMAGE,
+        ]);
         let args = pod_args(&out);
         assert_eq!(&with_prefix(&args, "--listen="), listen, "{file}");
         assert_eq!(&with_prefix(&args, "--server="), servers, "{file}");
