@@ -100,6 +100,14 @@ pub enum Removal {
     Drain(Duration),
 }
 
+/// A server's current silence: since when, and whether its connections were closed for it
+/// (once per silence).
+#[derive(Debug, Default, Clone, Copy)]
+struct Silence {
+    since: Option<Instant>,
+    closed: bool,
+}
+
 /// How far before a silence began a witness's own PINGs must all have been on time.
 const WITNESS_LOOKBACK: Duration = Duration::from_secs(2);
 
@@ -125,8 +133,8 @@ pub struct Backend {
     /// next good health check made after that.
     passive_failed: AtomicBool,
     passive_failed_at: Mutex<Option<Instant>>,
-    /// Since when it has been silent (down, its connections not closed yet: nowhere to go).
-    silent_since: Mutex<Option<Instant>>,
+    /// Since when it has been silent, and whether its connections were closed for it.
+    silence: Mutex<Silence>,
     /// When the newest PING it answered on time was sent.
     answered_on_time: Mutex<Option<Instant>>,
     /// When the newest PING it answered late, or not within its window, was sent.
@@ -173,7 +181,7 @@ impl Backend {
             state: AtomicU8::new(initial as u8),
             passive_failed: AtomicBool::new(false),
             passive_failed_at: Mutex::new(None),
-            silent_since: Mutex::new(None),
+            silence: Mutex::new(Silence::default()),
             answered_on_time: Mutex::new(None),
             late: Mutex::new(None),
             active: AtomicUsize::new(0),
@@ -495,12 +503,13 @@ impl Backends {
     /// Closing into a set where nothing is known to be alive helps no client, and a delay on
     /// every path looks like silence on every server at once.
     pub fn silent(&self, b: &Arc<Backend>, since: Instant) {
-        {
-            let mut s = lock(&b.silent_since);
-            if s.is_none() {
-                *s = Some(since);
+        let since = {
+            let mut s = lock(&b.silence);
+            if s.closed {
+                return;
             }
-        }
+            *s.since.get_or_insert(since)
+        };
         let witness = self
             .snapshot()
             .iter()
@@ -508,7 +517,7 @@ impl Backends {
             .map(|other| other.name.clone());
         match witness {
             Some(w) => Self::close_silent(b, &w),
-            None => tracing::info!(server = %b.name, open_connections = b.active(),
+            None => tracing::debug!(server = %b.name, open_connections = b.active(),
                 "silent, but no other server has answered since: keeping its connections \
                  until one does"),
         }
@@ -517,7 +526,7 @@ impl Backends {
     /// `b` answered on time a PING asked at `asked`: it is live, and every silent server whose
     /// silence began before `asked` can now have its connections closed (if `b` is ready).
     pub fn answered(&self, b: &Arc<Backend>, asked: Instant) {
-        *lock(&b.silent_since) = None;
+        *lock(&b.silence) = Silence::default();
         {
             let mut a = lock(&b.answered_on_time);
             if a.is_none_or(|t| t < asked) {
@@ -528,8 +537,8 @@ impl Backends {
             if Arc::ptr_eq(other, b) || other.state() != State::Down {
                 continue;
             }
-            let since = *lock(&other.silent_since);
-            if since.is_some_and(|since| b.witnesses(since)) {
+            let s = *lock(&other.silence);
+            if !s.closed && s.since.is_some_and(|since| b.witnesses(since)) {
                 Self::close_silent(other, &b.name);
             }
         }
@@ -546,13 +555,16 @@ impl Backends {
     /// `b` answered (a connect, a handshake, a late PING): not silent any more, so nothing
     /// pending is closed.
     pub fn spoke(&self, b: &Backend) {
-        *lock(&b.silent_since) = None;
+        *lock(&b.silence) = Silence::default();
     }
 
     fn close_silent(b: &Backend, witness: &str) {
-        *lock(&b.silent_since) = None;
-        tracing::warn!(server = %b.name, closing_connections = b.active(), answered = witness,
-            "closing the connections of a silent server; another server is answering");
+        lock(&b.silence).closed = true;
+        let open = b.active();
+        if open > 0 {
+            tracing::warn!(server = %b.name, closing_connections = open, answered = witness,
+                "closing the connections of a silent server; another server is answering");
+        }
         b.close_connections();
     }
 }

@@ -56,8 +56,9 @@ use crate::socket;
 /// How often /readyz is asked while a server is not ready (HAProxy's `fastinter`).
 const FAST_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a silent server's health connection is kept for a late answer before it is
-/// given up and dialled again, in health timeouts (10 s by default).
-const LATE_ANSWER_TIMEOUTS: u32 = 5;
+/// given up and dialled again, in health timeouts (4 s by default: a spike's late answer
+/// comes within it; a dead peer's connection is not held while TCP backs off).
+const LATE_ANSWER_TIMEOUTS: u32 = 2;
 /// The most of a `/readyz` answer's body that is read (kube-apiserver's is a few KiB even
 /// with `?verbose`); more is a protocol failure, never a buffer.
 const READYZ_BODY_LIMIT: usize = 64 * 1024;

@@ -218,7 +218,12 @@ impl Judge {
         match obs {
             Observation::Answered { rtt } => {
                 v.on_time = rtt <= self.window();
-                self.rtt.sample(rtt);
+                // Only on-time answers are samples (Karn's rule, in spirit): an answer that
+                // ends a silence or a spike would hold the window at its ceiling for many
+                // PINGs, and the next real silence would be called late.
+                if v.on_time {
+                    self.rtt.sample(rtt);
+                }
                 self.silent = 0;
                 if let Some(before) = self.before_silence.take() {
                     if now == State::Down {
@@ -653,6 +658,21 @@ mod tests {
         r.sample(MS(100));
         r.sample(MS(900));
         assert_eq!(r.smoothed(), Some(MS(200)));
+    }
+
+    #[test]
+    fn a_late_answer_does_not_widen_the_window() {
+        let mut j = judge();
+        for _ in 0..10 {
+            j.observe(S::Ready, ok());
+        }
+        let before = j.window();
+        j.observe(S::Ready, O::Answered { rtt: MS(6000) });
+        assert_eq!(
+            j.window(),
+            before,
+            "the next silence must be judged as quickly"
+        );
     }
 
     #[test]
