@@ -334,6 +334,9 @@ enum Outcome {
     Retried,
     /// A watch stream the server ended cleanly (its final chunk, END_STREAM).
     Ended,
+    /// A failure, but of a request the server never answered a byte of, that a client
+    /// cannot retry (`UNANSWERED`).
+    Unanswered,
 }
 
 #[derive(Clone, Copy)]
@@ -525,7 +528,12 @@ impl Ctx {
             k.bytes_down += moved.1;
         }
         if let Some(id) = id {
-            self.op_done(id, start, Outcome::Failed);
+            let outcome = if err.starts_with(UNANSWERED) {
+                Outcome::Unanswered
+            } else {
+                Outcome::Failed
+            };
+            self.op_done(id, start, outcome);
             self.conn_ended(id, &err, false);
         }
         self.rec.failures.lock().unwrap().push(Failure {
@@ -726,6 +734,12 @@ fn empty() -> B {
     Empty::<Bytes>::new().boxed()
 }
 
+/// The start of the error of a non-idempotent request whose HTTP/1.1 connection the server
+/// closed before any byte of an answer: the race with a server closing what it took for an
+/// idle connection. Not retried (a client cannot know the server never took it), recorded
+/// as a failure, and told apart by the analysis.
+const UNANSWERED: &str = "no answer: the server closed the connection before any byte of one";
+
 /// A request that got no response head, and whether the server provably never took it.
 struct SendError {
     retry: bool,
@@ -743,10 +757,12 @@ impl SendError {
             || e.is_canceled()
             || (idempotent && e.is_incomplete_message())
             || refused_by_h2(&e);
-        SendError {
-            retry,
-            msg: e.to_string(),
-        }
+        let msg = if !idempotent && e.is_incomplete_message() {
+            format!("{UNANSWERED} ({e})")
+        } else {
+            e.to_string()
+        };
+        SendError { retry, msg }
     }
 
     fn failed(msg: String) -> SendError {
@@ -1927,7 +1943,9 @@ fn median(mut v: Vec<i64>) -> i64 {
 /// down.
 struct ApilbView {
     proxying: HashMap<u16, Vec<(f64, String)>>,
-    failover_closed: HashMap<u16, Vec<f64>>,
+    /// Per client port: when apilb closed it because its server went silent, and the server
+    /// (from the line itself: a port is soon reused, by a connection to another server).
+    failover_closed: HashMap<u16, Vec<(f64, String)>>,
     /// Health observations that failed: (time, server name, cause).
     health_failures: Vec<(f64, String, String)>,
     /// "closing the connections of a silent server": (time, server, connections, witness).
@@ -2001,7 +2019,9 @@ fn read_apilb_log(logs: &[Value], wall0: SystemTime, names: &HashMap<String, Str
             }
         } else if msg.starts_with("closing: its server is down") {
             if let Some(p) = port_of(v) {
-                view.failover_closed.entry(p).or_default().push(t);
+                let s = v["server"].as_str().unwrap_or("");
+                let s = names.get(s).cloned().unwrap_or_else(|| s.to_string());
+                view.failover_closed.entry(p).or_default().push((t, s));
             }
         } else if msg == "health check failed" {
             if let Some(s) = v["server"].as_str().and_then(|s| names.get(s)) {
@@ -2049,10 +2069,13 @@ impl ApilbView {
             .unwrap_or_else(|| server.to_string())
     }
     /// The server apilb committed the client port to, around `t`.
+    /// The first commit from `port` after the client opened its connection is that
+    /// connection's (its port is its own while it is open; once closed, the port is soon
+    /// reused by a connection that may go to another server). 50 ms for the two clocks.
     fn server_of(&self, port: u16, opened: f64, t: f64) -> Option<String> {
         self.proxying.get(&port).and_then(|v| {
             v.iter()
-                .rfind(|(at, _)| *at >= opened - 0.5 && *at <= t + 0.5)
+                .find(|(at, _)| *at >= opened - 0.05 && *at <= t + 0.5)
                 .map(|(_, s)| s.clone())
         })
     }
@@ -2060,7 +2083,7 @@ impl ApilbView {
     fn proxied(&self, port: u16, opened: f64) -> Option<(f64, String)> {
         self.proxying.get(&port).and_then(|v| {
             v.iter()
-                .find(|(at, _)| *at >= opened - 0.5 && *at <= opened + 15.0)
+                .find(|(at, _)| *at >= opened - 0.05 && *at <= opened + 15.0)
                 .cloned()
         })
     }
@@ -2074,7 +2097,7 @@ impl ApilbView {
     fn closed_for_failover(&self, port: u16, from: f64, to: f64) -> bool {
         self.failover_closed
             .get(&port)
-            .is_some_and(|v| v.iter().any(|t| *t >= from - 0.5 && *t <= to + 0.5))
+            .is_some_and(|v| v.iter().any(|(t, _)| *t >= from - 0.5 && *t <= to + 0.5))
     }
 }
 
@@ -2178,6 +2201,11 @@ fn analyse(
     let mut other: Vec<Value> = Vec::new();
     let mut unsavable_examples: Vec<Value> = Vec::new();
     let mut cut: Vec<Value> = Vec::new();
+    // Uploads (POST) sent just as their server, shutting down, closed the connection it took
+    // for idle: it never took them, but a client cannot know that and does not retry them.
+    // kube-apiserver's shutdown (Go's http.Server.Shutdown) has the same race; no proxy
+    // causes it (apilb closes nothing of a leaving server, and would reset, not close).
+    let mut raced_idle_close: Vec<Value> = Vec::new();
     for f in failures.iter() {
         let (server, opened, kind, port) = match f.conn {
             Some(id) => {
@@ -2225,6 +2253,11 @@ fn analyse(
                 unsavable_examples.push(d);
             }
         } else if let Some(g) = leaving {
+            if f.err.starts_with(UNANSWERED) {
+                d["fault"] = json!(format!("graceful {}", name(g.server)));
+                raced_idle_close.push(d);
+                continue;
+            }
             d["fault"] = json!(format!(
                 "graceful {} (SIGTERM {:.2}s, listener closed {:.2}s, exited {})",
                 name(g.server),
@@ -2295,6 +2328,7 @@ fn analyse(
                     Outcome::Ended => "watch ended cleanly",
                     Outcome::Failed => "cut",
                     Outcome::Retried => "never taken (retried)",
+                    Outcome::Unanswered => "never taken (an upload that raced the idle close)",
                 };
                 *during.entry(outcome).or_default() += 1;
                 if start < close && stop > close {
@@ -2316,16 +2350,19 @@ fn analyse(
                 }
             }
         }
-        let total = |m: &HashMap<&'static str, u64>| m.values().sum::<u64>();
         let intact = |m: &HashMap<&'static str, u64>| {
             m.get("completed").copied().unwrap_or(0)
                 + m.get("watch ended cleanly").copied().unwrap_or(0)
         };
-        in_flight_at_close +=
-            total(&at_close) - at_close.get("never taken (retried)").copied().unwrap_or(0);
+        let taken = |m: &HashMap<&'static str, u64>| {
+            m.iter()
+                .filter(|(k, _)| !k.starts_with("never taken"))
+                .map(|(_, n)| n)
+                .sum::<u64>()
+        };
+        in_flight_at_close += taken(&at_close);
         in_flight_at_close_intact += intact(&at_close);
-        in_flight_during +=
-            total(&during) - during.get("never taken (retried)").copied().unwrap_or(0);
+        in_flight_during += taken(&during);
         in_flight_during_intact += intact(&during);
         watches_ended_clean += ended_clean;
         retried_on_leaving += retried;
@@ -2370,13 +2407,12 @@ fn analyse(
     let mut closed_by_apilb = 0u64;
     let mut closed_by_apilb_per_server: HashMap<String, u64> = HashMap::new();
     let mut healthy_closed: Vec<Value> = Vec::new();
-    let mut ports: Vec<(&u16, &Vec<f64>)> = view.failover_closed.iter().collect();
+    let mut ports: Vec<(&u16, &Vec<(f64, String)>)> = view.failover_closed.iter().collect();
     ports.sort_by_key(|(p, _)| **p);
-    for (port, times) in ports {
-        for &t in times {
+    for (port, closes) in ports {
+        for (t, server) in closes {
+            let (t, s) = (*t, server.clone());
             closed_by_apilb += 1;
-            let server = view.server_of(*port, f64::NEG_INFINITY, t);
-            let s = server.clone().unwrap_or_default();
             *closed_by_apilb_per_server.entry(s.clone()).or_default() += 1;
             if !silent_at(&s, t) {
                 healthy_closed.push(json!({
@@ -2604,7 +2640,7 @@ fn analyse(
                     .failover_closed
                     .values()
                     .flatten()
-                    .filter(|t| **t >= began && **t <= until)
+                    .filter(|(t, _)| *t >= began && *t <= until)
                     .count();
                 spike_flips.extend(flips.iter().filter(|c| c["to"] != "ready").cloned());
                 spike_reports.push(json!({
@@ -2646,7 +2682,17 @@ fn analyse(
                 } else if f.kind == Kind::NotReady && lifted - began < READYZ_INTERVAL {
                     not_ready_unseen += 1;
                 } else {
-                    never_detected.push(label.clone());
+                    // Noticed only after the lift (say so: a slow verdict, not none)?
+                    let late = changes
+                        .iter()
+                        .find(|(t, s)| *t > lifted + 0.5 && *t <= lifted + 10.0 && s == expected)
+                        .map_or(String::new(), |(t, _)| {
+                            format!(
+                                " (lifted {lifted:.2}s; {expected} only at {t:.2}s, {:.2}s after the fault began)",
+                                t - began
+                            )
+                        });
+                    never_detected.push(format!("{label}{late}"));
                 }
             }
         }
@@ -2957,6 +3003,7 @@ fn analyse(
             "unsavable_by_fault": unsavable_by,
             "cut_by_a_graceful_shutdown": cut.len(),
             "cut_list": cut.iter().take(30).collect::<Vec<_>>(),
+            "posts_that_raced_a_leaving_servers_idle_close": raced_idle_close,
             "other": other_count,
             "other_list": other.iter().take(50).collect::<Vec<_>>(),
             "unsavable_examples": unsavable_examples,
@@ -3113,8 +3160,11 @@ fn analyse(
             ),
         ),
         (
-            "graceful shutdowns: watches ended cleanly / requests the leaving server never took (retried) / new connections it got after its listener closed".into(),
-            format!("{watches_ended_clean} / {retried_on_leaving} / {reached_after_close}"),
+            "graceful shutdowns: watches ended cleanly / requests the leaving server never took (retried; and uploads that raced its idle close, not retryable) / new connections it got after its listener closed".into(),
+            format!(
+                "{watches_ended_clean} / {retried_on_leaving} ({}) / {reached_after_close}",
+                raced_idle_close.len()
+            ),
         ),
         (
             "graceful shutdowns: SIGTERM to exit (p50 / max); apilb draining after the listener closed (p50 / max)".into(),
