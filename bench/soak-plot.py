@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 COLORS = {"kill": "tab:red", "blackhole": "tab:purple", "freeze": "tab:blue", "stall": "tab:cyan",
-          "not_ready": "tab:orange"}
+          "not_ready": "tab:orange", "graceful": "tab:pink", "spike": "tab:olive"}
 
 
 def main(src, dst):
@@ -26,7 +26,10 @@ def main(src, dst):
     verdict = "PASS" if r["pass"] else "FAIL"
     fig.suptitle(f"apilb soak: {r['seconds']} s, seed {r['seed']} — {verdict}; "
                  f"byte mismatches {r['byte_mismatches']}, other failures {r['failures']['other']}, "
-                 f"left hanging {r['failover']['left_hanging']}")
+                 f"left hanging {r['failover']['left_hanging']}, "
+                 f"cut by a graceful shutdown {r['failures'].get('cut_by_a_graceful_shutdown', 0)}, "
+                 f"healthy streams reset {r.get('healthy_streams_reset', {}).get('total', 0)}",
+                 fontsize=10)
 
     ax1.plot(t, rss, color="tab:green")
     ax1.axhline(res["rss_kib_allowed_last_third"] / 1024, color="tab:green", ls=":", lw=1,
@@ -49,9 +52,11 @@ def main(src, dst):
         if f["began"] is None:
             continue
         end = f["lifted"] if f["lifted"] is not None else t[-1]
-        row = int(f["server"][2:]) - 1
+        # A spike is on every path at once: it spans all three rows.
+        rows = [0, 1, 2] if f["server"] == "all" else [int(f["server"][2:]) - 1]
         c = COLORS.get(f["kind"], "gray")
-        ax3.broken_barh([(f["began"], end - f["began"])], (row - 0.4, 0.8), color=c)
+        for row in rows:
+            ax3.broken_barh([(f["began"], end - f["began"])], (row - 0.4, 0.8), color=c)
         for ax in (ax1, ax2):
             ax.axvspan(f["began"], end, color=c, alpha=0.06)
     ax3.set_yticks([0, 1, 2], ["cp1", "cp2", "cp3"])
@@ -59,7 +64,7 @@ def main(src, dst):
     ax3.invert_yaxis()
     ax3.set_xlabel("seconds")
     handles = [matplotlib.patches.Patch(color=c, label=k) for k, c in COLORS.items()]
-    ax3.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.45), ncol=5, fontsize=8)
+    ax3.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.45), ncol=7, fontsize=8)
     ax3.set_title("faults", fontsize=9)
     fig.tight_layout()
     fig.savefig(dst, dpi=90)

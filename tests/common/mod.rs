@@ -292,6 +292,12 @@ impl Standin {
         status.code()
     }
 
+    /// Hands over the running process, to be waited for elsewhere (a graceful shutdown
+    /// takes as long as its connections do); the stand-in counts as stopped until `restart`.
+    pub fn take_process(&mut self) -> Option<Child> {
+        self.child.take()
+    }
+
     /// Sends GOAWAY on every HTTP/2 connection it has, and keeps serving (as
     /// `--goaway-chance` does).
     pub async fn goaway(&self, pki: &Pki) {
