@@ -56,6 +56,24 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => {
+            // The runtime and the SIGHUP handler come first: SIGHUP's default action ends the
+            // process, and a reload asked for while apilb starts (systemd's ExecReload, a
+            // config-management run) must not take the node's path to the API server down.
+            // A SIGHUP from here on is kept, and served as a reload once apilb runs.
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    print_error(format_args!("cannot start the runtime: {e}"));
+                    return ExitCode::from(1);
+                }
+            };
+            let early = match rt.block_on(async { run::EarlySignals::install() }) {
+                Ok(s) => s,
+                Err(e) => {
+                    print_error(format_args!("cannot handle SIGHUP: {e}"));
+                    return ExitCode::from(1);
+                }
+            };
             let cfg = match config::load(&args) {
                 Ok(c) => c,
                 Err(e) => {
@@ -67,14 +85,7 @@ fn main() -> ExitCode {
                 print_error(e);
                 return ExitCode::from(2);
             }
-            let rt = match runtime() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    print_error(format_args!("cannot start the runtime: {e}"));
-                    return ExitCode::from(1);
-                }
-            };
-            match rt.block_on(run::run(*args, cfg)) {
+            match rt.block_on(run::run(*args, cfg, early)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");

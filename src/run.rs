@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::Admin;
@@ -106,7 +106,23 @@ fn raise_nofile_limit(max_connections: usize) {
     }
 }
 
-pub async fn run(args: RunArgs, cfg: Config) -> anyhow::Result<()> {
+/// Signal handlers installed before anything else `apilb run` does (see `main`): SIGHUP's
+/// default action would end the process during start-up.
+pub struct EarlySignals {
+    hangup: Signal,
+}
+
+impl EarlySignals {
+    /// Must run inside the runtime. From here on a SIGHUP is kept until the main loop
+    /// serves it as a reload.
+    pub fn install() -> std::io::Result<EarlySignals> {
+        Ok(EarlySignals {
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
+pub async fn run(args: RunArgs, cfg: Config, early: EarlySignals) -> anyhow::Result<()> {
     raise_nofile_limit(cfg.max_connections);
     let tls = crate::tls::client_config(&cfg)?;
     let metrics = Arc::new(Metrics::new());
@@ -218,7 +234,7 @@ pub async fn run(args: RunArgs, cfg: Config) -> anyhow::Result<()> {
 
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    let mut sighup = early.hangup;
     let mut last_file = match &cfg.config_file {
         Some(p) => tokio::fs::read(p).await.ok(),
         None => None,

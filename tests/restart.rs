@@ -130,3 +130,66 @@ async fn restart_with_an_inherited_socket_refuses_no_connection() {
     );
     assert!(ok > 5, "only {ok} requests made");
 }
+
+/// A SIGHUP while apilb starts (a `systemctl reload` or a config-management run right after
+/// a start) is a reload, never the end of the process. The config file is a FIFO so that the
+/// signal lands at a known point inside start-up: apilb is blocked reading its config when
+/// the test's open of the FIFO for writing returns. Repeated: each round is a fresh process.
+#[test]
+fn sighup_during_start_up_does_not_kill() {
+    use std::io::Write;
+    let pki = Pki::new();
+    let s = Standin::start(&pki, [127, 0, 0, 2], "cp1");
+    let config = format!("server: [\"{}\"]\nca-file: {}\n", s.addr, pki.ca.display());
+    for round in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("config.yaml");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let admin = free_port([127, 0, 0, 1]);
+        let mut child = Command::new(APILB)
+            .args(["run", "--config", fifo.to_str().unwrap()])
+            .args(["--listen", &free_port([127, 0, 0, 1]).to_string()])
+            .args(["--admin-listen", &admin.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Returns once apilb has opened its config to read it (off the test's thread, so
+        // that an apilb that died first fails the test instead of hanging it).
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = fifo.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(std::fs::OpenOptions::new().write(true).open(path));
+        });
+        let mut writer = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("apilb never read its config")
+            .unwrap();
+        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGHUP) }, 0);
+        // Later reads (the reload, the change watch) find a plain file at the path.
+        let plain = dir.path().join("plain.yaml");
+        std::fs::write(&plain, &config).unwrap();
+        std::fs::rename(&plain, &fifo).unwrap();
+        writer.write_all(config.as_bytes()).unwrap();
+        drop(writer);
+        // Up: the admin endpoint answers, and the process is still the one started.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("round {round}: apilb ended during start-up: {status}");
+            }
+            if std::net::TcpStream::connect(admin).is_ok() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: not up"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(child.try_wait().unwrap().is_none(), "round {round}");
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        assert!(child.wait().unwrap().success(), "round {round}");
+    }
+}
