@@ -84,6 +84,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "ADDR:PORT")]
     pub admin_listen: Option<String>,
 
+    /// Bind the listeners with SO_REUSEPORT, so that another apilb started with this flag
+    /// can bind the same addresses: for an upgrade that starts the new process before
+    /// stopping the old. Without it a second process on the same address is refused.
+    #[arg(long)]
+    pub reuse_port: bool,
+
     /// YAML config file; its keys are these flags' names. Flags win. Reloaded on change and
     /// on SIGHUP.
     #[arg(long, value_name = "FILE")]

@@ -137,6 +137,7 @@ pub struct FileConfig {
     pub health_insecure_skip_verify: Option<bool>,
     pub health_tls_server_name: Option<String>,
     pub admin_listen: Option<String>,
+    pub reuse_port: Option<bool>,
     pub log_format: Option<LogFormat>,
     pub log_level: Option<String>,
     pub connect_timeout: Option<String>,
@@ -171,6 +172,8 @@ pub struct Config {
     pub health_insecure_skip_verify: bool,
     pub health_tls_server_name: Option<String>,
     pub admin_listen: SocketAddr,
+    /// SO_REUSEPORT on the listeners apilb binds (`--reuse-port`): a handover only.
+    pub reuse_port: bool,
     pub log_format: LogFormat,
     pub log_level: String,
     pub connect_timeout: Duration,
@@ -514,6 +517,7 @@ pub fn resolve(args: &RunArgs, file: FileConfig) -> Result<Config, ConfigError> 
             .clone()
             .or(file.health_tls_server_name.clone()),
         admin_listen,
+        reuse_port: args.reuse_port || file.reuse_port.unwrap_or(false),
         log_format,
         log_level,
         connect_timeout,

@@ -2,7 +2,7 @@
 //!
 //! CLI entry: parse, dispatch, and map errors to exit codes (anyhow at this edge only).
 //! Exit codes: 0 success; 1 runtime failure (or, for `status`, no server ready);
-//! 2 bad configuration or input.
+//! 2 bad configuration or input (for `run`, also a listen address in use or not on this host).
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -90,7 +90,9 @@ fn main() -> ExitCode {
                 Err(e) => {
                     tracing::error!("{e:#}");
                     print_error(format_args!("{e:#}"));
-                    if e.downcast_ref::<tls::TlsError>().is_some() {
+                    if e.downcast_ref::<tls::TlsError>().is_some()
+                        || e.downcast_ref::<run::StartError>().is_some()
+                    {
                         ExitCode::from(2)
                     } else {
                         ExitCode::from(1)

@@ -4,6 +4,7 @@
 //!
 //! Decides nothing about traffic or health itself.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -106,6 +107,45 @@ fn raise_nofile_limit(max_connections: usize) {
     }
 }
 
+/// A setting that cannot work on this host, found at start (an address in use, not local,
+/// or a port that needs privileges): exit code 2, like a configuration error.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StartError(pub String);
+
+/// The listener for `flag`'s address: inherited, or bound now. An address in use says what
+/// to do about it.
+fn bind(
+    flag: &str,
+    addr: SocketAddr,
+    inherited: &mut Vec<std::net::TcpListener>,
+    reuse_port: bool,
+) -> anyhow::Result<std::net::TcpListener> {
+    socket::take_or_listen(addr, inherited, reuse_port).map_err(|e| {
+        let setting = |why: String| anyhow::Error::new(StartError(format!("{flag} {addr}: {why}")));
+        match e.raw_os_error() {
+            Some(libc::EADDRINUSE) if reuse_port => setting(format!(
+                "the address is in use ({e}), and not by a process that shares it: \
+                 --reuse-port shares an address only with another apilb started with \
+                 --reuse-port too. Stop the process listening there first"
+            )),
+            Some(libc::EADDRINUSE) => setting(format!(
+                "the address is in use ({e}): another process listens there (another \
+                 apilb, or the proxy apilb replaces). Stop it first; for a handover that \
+                 starts the new apilb before stopping the old one, start both with \
+                 --reuse-port"
+            )),
+            Some(libc::EADDRNOTAVAIL) => {
+                setting(format!("no interface of this host has that address ({e})"))
+            }
+            Some(libc::EACCES) => setting(format!(
+                "permission denied ({e}): a port below 1024 needs CAP_NET_BIND_SERVICE"
+            )),
+            _ => anyhow::anyhow!("{flag} {addr}: cannot listen: {e}"),
+        }
+    })
+}
+
 /// Signal handlers installed before anything else `apilb run` does (see `main`): SIGHUP's
 /// default action would end the process during start-up.
 pub struct EarlySignals {
@@ -141,19 +181,16 @@ pub async fn run(args: RunArgs, cfg: Config, early: EarlySignals) -> anyhow::Res
     let mut inherited = socket::inherited();
     let mut listeners = Vec::new();
     for addr in &cfg.listen {
-        let l = socket::take_or_listen(*addr, &mut inherited).with_context(|| {
-            format!("--listen {addr}: cannot listen (is another proxy already on this port?)")
-        })?;
-        listeners.push(l);
+        listeners.push(bind("--listen", *addr, &mut inherited, cfg.reuse_port)?);
     }
-    let admin_listener = socket::take_or_listen(cfg.admin_listen, &mut inherited)
-        .and_then(tokio::net::TcpListener::from_std)
-        .with_context(|| {
-            format!(
-                "--admin-listen {}: cannot listen (choose another port)",
-                cfg.admin_listen
-            )
-        })?;
+    let admin_listener = bind(
+        "--admin-listen",
+        cfg.admin_listen,
+        &mut inherited,
+        cfg.reuse_port,
+    )?;
+    let admin_listener = tokio::net::TcpListener::from_std(admin_listener)
+        .with_context(|| format!("--admin-listen {}: cannot listen", cfg.admin_listen))?;
 
     for l in &inherited {
         tracing::warn!(address = ?l.local_addr().ok(),

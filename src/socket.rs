@@ -20,14 +20,18 @@ pub const KEEPALIVE_RETRIES: u32 = 3;
 /// Data unacknowledged this long kills the connection.
 pub const USER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A listening socket with SO_REUSEADDR (a restarted apilb binds at once), SO_REUSEPORT (a
-/// new apilb can bind while the old one drains; only processes that also set it can share
-/// the port, so nginx still holding 6443 is a clear error) and, for IPv6, IPV6_V6ONLY
-/// (127.0.0.1:6443 and [::1]:6443 are separate listeners).
-pub fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+/// A listening socket with SO_REUSEADDR (a restarted apilb binds at once, whatever is left
+/// in TIME_WAIT) and, for IPv6, IPV6_V6ONLY (127.0.0.1:6443 and [::1]:6443 are separate
+/// listeners). Exclusive unless `reuse_port`: with SO_REUSEPORT any process of the same
+/// user that also sets it could bind the same address and take a share of kubelet's
+/// connections, so it is set only for an explicit handover (`--reuse-port`, on both the old
+/// and the new apilb).
+pub fn listen(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
@@ -110,10 +114,12 @@ pub fn inherited() -> Vec<std::net::TcpListener> {
     out
 }
 
-/// The listener for `addr` (non-blocking): an inherited socket bound there, or a new one.
+/// The listener for `addr` (non-blocking): an inherited socket bound there, or a new one
+/// (`listen`).
 pub fn take_or_listen(
     addr: SocketAddr,
     inherited: &mut Vec<std::net::TcpListener>,
+    reuse_port: bool,
 ) -> std::io::Result<std::net::TcpListener> {
     if let Some(i) = inherited
         .iter()
@@ -124,7 +130,7 @@ pub fn take_or_listen(
         tracing::info!(%addr, "serving on an inherited socket (socket activation)");
         return Ok(l);
     }
-    listen(addr)
+    listen(addr, reuse_port)
 }
 
 #[cfg(test)]
@@ -133,10 +139,11 @@ mod tests {
     use tokio::net::TcpListener;
 
     #[tokio::test]
-    async fn a_second_instance_can_bind_while_the_first_drains() {
-        let first = TcpListener::from_std(listen("127.0.0.1:0".parse().unwrap()).unwrap()).unwrap();
+    async fn with_reuse_port_a_second_instance_can_bind_while_the_first_drains() {
+        let first = listen("127.0.0.1:0".parse().unwrap(), true).unwrap();
+        let first = TcpListener::from_std(first).unwrap();
         let addr = first.local_addr().unwrap();
-        let second = listen(addr).expect("SO_REUSEPORT lets the new process bind");
+        let second = listen(addr, true).expect("SO_REUSEPORT on both lets the new process bind");
         let second = TcpListener::from_std(second).unwrap();
         drop(first);
         let c = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -145,8 +152,21 @@ mod tests {
     }
 
     #[test]
+    fn the_bind_is_exclusive_unless_both_share() {
+        let first = listen("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let addr = first.local_addr().unwrap();
+        for reuse_port in [false, true] {
+            let e = listen(addr, reuse_port).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EADDRINUSE), "{reuse_port}");
+        }
+        let shared = listen("127.0.0.1:0".parse().unwrap(), true).unwrap();
+        let e = listen(shared.local_addr().unwrap(), false).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EADDRINUSE));
+    }
+
+    #[test]
     fn a_port_held_without_reuseport_is_an_error() {
         let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        assert!(listen(other.local_addr().unwrap()).is_err());
+        assert!(listen(other.local_addr().unwrap(), true).is_err());
     }
 }

@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
@@ -192,4 +193,127 @@ fn sighup_during_start_up_does_not_kill() {
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         assert!(child.wait().unwrap().success(), "round {round}");
     }
+}
+
+/// Kills and reaps a child on drop (a failed assertion leaves no process behind).
+struct Reap(Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `cmd` to its end: its exit code and stderr. Fails (and kills it) if it still runs
+/// after `timeout`.
+fn exit_within(mut cmd: Command, timeout: Duration) -> (Option<i32>, String) {
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(out) => {
+            let out = out.unwrap();
+            let err = String::from_utf8_lossy(&out.stderr).to_string();
+            (out.status.code(), err)
+        }
+        Err(_) => {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("still running after {timeout:?}");
+        }
+    }
+}
+
+fn run_args(listen: SocketAddr, admin: SocketAddr, s: &Standin, pki: &Pki) -> Vec<String> {
+    [
+        "run",
+        "--listen",
+        &listen.to_string(),
+        "--admin-listen",
+        &admin.to_string(),
+        "--server",
+        &s.addr.to_string(),
+        "--ca-file",
+        pki.ca.to_str().unwrap(),
+        "--log-format",
+        "json",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect()
+}
+
+/// The listening sockets are exclusive: a second apilb (or anything else) on the same
+/// address is refused with exit code 2 and a message naming the address and the way out,
+/// so it can never take a share of kubelet's connections. `--reuse-port` on both is the
+/// explicit handover: the new process binds while the old one still runs, and serves once
+/// the old one is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_apilb_on_the_same_address_is_refused_unless_both_share_it() {
+    let pki = Pki::new();
+    let s = Standin::start(&pki, [127, 0, 0, 2], "cp1");
+    let first = Apilb::start(&pki, &[&s], &[]);
+    for (listen, admin, flag, taken) in [
+        (
+            first.listen,
+            free_port([127, 0, 0, 1]),
+            "--listen",
+            first.listen,
+        ),
+        (
+            free_port([127, 0, 0, 1]),
+            first.admin,
+            "--admin-listen",
+            first.admin,
+        ),
+    ] {
+        for extra in [&[][..], &["--reuse-port"][..]] {
+            let mut cmd = Command::new(APILB);
+            cmd.args(run_args(listen, admin, &s, &pki)).args(extra);
+            let (code, err) = exit_within(cmd, Duration::from_secs(10));
+            assert_eq!(code, Some(2), "{extra:?}: {err}");
+            assert!(
+                err.contains(&format!("{flag} {taken}: the address is in use"))
+                    && err.contains("--reuse-port"),
+                "{extra:?}: {err}"
+            );
+        }
+    }
+    // Still the only one serving there.
+    assert_eq!(whoami(first.listen, &pki).await.unwrap(), "cp1");
+    drop(first);
+
+    // A handover: both with --reuse-port.
+    let (listen, admin) = (free_port([127, 0, 0, 1]), free_port([127, 0, 0, 1]));
+    let mut old = Reap(
+        Command::new(APILB)
+            .args(run_args(listen, admin, &s, &pki))
+            .arg("--reuse-port")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let _old_log = wait_line(&mut old.0, "apilb started");
+    let mut new = Reap(
+        Command::new(APILB)
+            .args(run_args(listen, admin, &s, &pki))
+            .arg("--reuse-port")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let _new_log = wait_line(&mut new.0, "server state changed");
+    unsafe { libc::kill(old.0.id() as i32, libc::SIGTERM) };
+    assert!(old.0.wait().unwrap().success());
+    assert_eq!(whoami(listen, &pki).await.unwrap(), "cp1");
+    assert!(new.0.try_wait().unwrap().is_none());
 }
