@@ -47,7 +47,7 @@ fn duration(s: &str) -> Result<Duration, String> {
 #[derive(Debug, Args, Default)]
 pub struct RunArgs {
     /// Address to listen on (repeatable). Loopback only unless --allow-non-loopback.
-    /// [default: 127.0.0.1:6443]
+    /// [default: the sockets passed by systemd (socket activation), else 127.0.0.1:6443]
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Vec<String>,
 

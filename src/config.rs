@@ -165,6 +165,10 @@ pub struct FileConfig {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: Vec<SocketAddr>,
+    /// `--listen` (flag or key) was given: without it, sockets passed by a supervisor are
+    /// served instead of the default address.
+    pub listen_given: bool,
+    pub allow_non_loopback: bool,
     pub servers: Vec<ServerSpec>,
     pub ca_file: Option<PathBuf>,
     pub health_client_cert: Option<PathBuf>,
@@ -507,6 +511,8 @@ pub fn resolve(args: &RunArgs, file: FileConfig) -> Result<Config, ConfigError> 
 
     Ok(Config {
         listen,
+        listen_given: !args.listen.is_empty() || file.listen.is_some(),
+        allow_non_loopback,
         servers,
         ca_file,
         health_client_cert: cert,

@@ -146,6 +146,60 @@ fn bind(
     })
 }
 
+/// The client listeners. Without `--listen` (flag or key), the sockets passed by a
+/// supervisor (socket activation) are served as they are, whatever their addresses, and
+/// the default address is bound only when none was passed. With `--listen`, a passed
+/// socket that matches no listen address is an error: it would be held open unserved, its
+/// clients waiting in its queue.
+fn proxy_listeners(
+    cfg: &Config,
+    mut inherited: Vec<std::net::TcpListener>,
+) -> anyhow::Result<Vec<(SocketAddr, std::net::TcpListener)>> {
+    let addr_of = |l: &std::net::TcpListener| {
+        l.local_addr()
+            .map_err(|e| anyhow::anyhow!("an inherited socket has no address: {e}"))
+    };
+    let mut out = Vec::new();
+    if cfg.listen_given || inherited.is_empty() {
+        for addr in &cfg.listen {
+            out.push((
+                *addr,
+                bind("--listen", *addr, &mut inherited, cfg.reuse_port)?,
+            ));
+        }
+        if let Some(l) = inherited.first() {
+            let addr = addr_of(l)?;
+            let listen: Vec<String> = cfg.listen.iter().map(|a| a.to_string()).collect();
+            return Err(StartError(format!(
+                "the supervisor passed a socket listening on {addr} (socket activation), \
+                 which matches no --listen address ({}) nor --admin-listen {}: its clients \
+                 would wait unserved. Add --listen {addr}, or remove it from the socket unit",
+                listen.join(", "),
+                cfg.admin_listen
+            ))
+            .into());
+        }
+        return Ok(out);
+    }
+    for l in inherited {
+        let addr = addr_of(&l)?;
+        if !addr.ip().is_loopback() && !cfg.allow_non_loopback {
+            return Err(StartError(format!(
+                "the supervisor passed a socket listening on {addr} (socket activation), not \
+                 a loopback address: apilb would expose the apiserver path to the network. \
+                 Listen on 127.0.0.1 or [::1] in the socket unit, or pass \
+                 --allow-non-loopback if that is really meant"
+            ))
+            .into());
+        }
+        l.set_nonblocking(true)
+            .with_context(|| format!("inherited socket on {addr}"))?;
+        tracing::info!(%addr, "serving on an inherited socket (socket activation)");
+        out.push((addr, l));
+    }
+    Ok(out)
+}
+
 /// Signal handlers installed before anything else `apilb run` does (see `main`): SIGHUP's
 /// default action would end the process during start-up.
 pub struct EarlySignals {
@@ -178,11 +232,8 @@ pub async fn run(args: RunArgs, cfg: Config, early: EarlySignals) -> anyhow::Res
         set: backends.clone(),
     });
 
+    // Before any thread starts: this unsets the LISTEN_* variables (sd_listen_fds(3)).
     let mut inherited = socket::inherited();
-    let mut listeners = Vec::new();
-    for addr in &cfg.listen {
-        listeners.push(bind("--listen", *addr, &mut inherited, cfg.reuse_port)?);
-    }
     let admin_listener = bind(
         "--admin-listen",
         cfg.admin_listen,
@@ -191,11 +242,8 @@ pub async fn run(args: RunArgs, cfg: Config, early: EarlySignals) -> anyhow::Res
     )?;
     let admin_listener = tokio::net::TcpListener::from_std(admin_listener)
         .with_context(|| format!("--admin-listen {}: cannot listen", cfg.admin_listen))?;
-
-    for l in &inherited {
-        tracing::warn!(address = ?l.local_addr().ok(),
-            "inherited socket matches no --listen or --admin-listen address; ignored");
-    }
+    let listeners = proxy_listeners(&cfg, inherited)?;
+    let listen_addrs: Vec<SocketAddr> = listeners.iter().map(|(a, _)| *a).collect();
     let fleet = Arc::new(Fleet {
         backends: backends.clone(),
         health,
@@ -234,7 +282,7 @@ pub async fn run(args: RunArgs, cfg: Config, early: EarlySignals) -> anyhow::Res
     ));
     // Every worker accepts on every listener; connections live on the worker that took them.
     let workers = Workers::start(cfg.workers).context("cannot start the worker threads")?;
-    for (l, addr) in listeners.iter().zip(&cfg.listen) {
+    for (addr, l) in &listeners {
         for (i, worker) in workers.handles().enumerate() {
             let copy = l
                 .try_clone()
@@ -262,7 +310,7 @@ pub async fn run(args: RunArgs, cfg: Config, early: EarlySignals) -> anyhow::Res
     let admin_stop = CancellationToken::new();
     tokio::spawn(admin.serve(admin_listener, admin_stop.clone()));
     tracing::info!(
-        listen = ?cfg.listen,
+        listen = ?listen_addrs,
         servers = ?cfg.servers.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
         admin = %cfg.admin_listen,
         version = env!("CARGO_PKG_VERSION"),

@@ -76,30 +76,41 @@ pub fn shutdown_write(s: &TcpStream) {
     let _ = SockRef::from(s).shutdown(std::net::Shutdown::Write);
 }
 
-/// Listening sockets passed by a supervisor (systemd socket activation: `LISTEN_FDS`
-/// descriptors from 3, for this process if `LISTEN_PID` says so or is unset). They outlive
-/// apilb, so a restart refuses no connection: new ones wait in the kernel's queue.
+/// Listening sockets passed by a supervisor (systemd socket activation, sd_listen_fds(3):
+/// `LISTEN_FDS` descriptors from 3, for this process only if `LISTEN_PID` is its pid). They
+/// outlive apilb, so a restart refuses no connection: new ones wait in the kernel's queue.
+/// `LISTEN_PID`, `LISTEN_FDS` and `LISTEN_FDNAMES` are unset whatever they said, so nothing
+/// started later takes them for its own; call this before any thread starts.
 pub fn inherited() -> Vec<std::net::TcpListener> {
     use std::os::fd::FromRawFd;
-    let for_us = match std::env::var("LISTEN_PID") {
-        Ok(pid) => pid.trim() == std::process::id().to_string(),
-        Err(_) => true,
-    };
-    let n: i32 = match std::env::var("LISTEN_FDS")
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-    {
+    let for_us =
+        std::env::var("LISTEN_PID").is_ok_and(|pid| pid.trim() == std::process::id().to_string());
+    let count = std::env::var("LISTEN_FDS").ok();
+    for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+        std::env::remove_var(var);
+    }
+    let n: i32 = match count.and_then(|v| v.trim().parse().ok()) {
         Some(n) if for_us && n > 0 => n,
         _ => return Vec::new(),
     };
     let mut out = Vec::new();
     // LISTEN_FDS comes from the environment: a huge count must not overflow the range.
     for fd in 3..n.saturating_add(3) {
+        // SAFETY: F_GETFD reads only the descriptor's flags.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            tracing::warn!(
+                listen_fds = n,
+                fd,
+                "LISTEN_FDS counts more descriptors than are open; the rest are ignored"
+            );
+            break;
+        }
         // SAFETY: the supervisor hands these descriptors to this process (sd_listen_fds
-        // protocol); each is taken once, here.
+        // protocol), and the descriptor is open; each is taken once, here.
         let sock = unsafe { Socket::from_raw_fd(fd) };
-        let is_listener =
-            sock.r#type().ok() == Some(Type::STREAM) && sock.is_listener().unwrap_or(false);
+        let is_listener = sock.r#type().ok() == Some(Type::STREAM)
+            && matches!(sock.domain(), Ok(d) if d == Domain::IPV4 || d == Domain::IPV6)
+            && sock.is_listener().unwrap_or(false);
         if !is_listener {
             tracing::warn!(
                 fd,

@@ -18,10 +18,25 @@ use common::*;
 /// Starts `apilb run` the way systemd does with `apilb.socket`: the listening socket as
 /// descriptor 3, LISTEN_FDS=1, LISTEN_PID = the new process.
 fn activated(listener: &std::net::TcpListener, args: &[String]) -> Child {
-    let fd = listener.as_raw_fd();
+    activated_with(&[listener], "$$", args)
+}
+
+/// Starts `apilb run` with `listeners` as descriptors 3, 4, … and LISTEN_FDS set, and
+/// LISTEN_PID set to `listen_pid` (a shell word: `$$` is the new process), or unset if empty.
+fn activated_with(
+    listeners: &[&std::net::TcpListener],
+    listen_pid: &str,
+    args: &[String],
+) -> Child {
+    let fds: Vec<i32> = listeners.iter().map(|l| l.as_raw_fd()).collect();
+    let pid = if listen_pid.is_empty() {
+        String::new()
+    } else {
+        format!("LISTEN_PID={listen_pid} ")
+    };
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
-        .arg("LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" \"$@\"")
+        .arg(format!("{pid}LISTEN_FDS={} exec \"$0\" \"$@\"", fds.len()))
         .arg(APILB)
         .args(args)
         .stdout(Stdio::null())
@@ -29,11 +44,23 @@ fn activated(listener: &std::net::TcpListener, args: &[String]) -> Child {
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::dup2(fd, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
+            // First out of the way (a source may be 3 or 4 itself), then into place.
+            let mut high = [0i32; 8];
+            for (i, fd) in fds.iter().enumerate() {
+                high[i] = libc::fcntl(*fd, libc::F_DUPFD, 100);
+                if high[i] < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
-            let flags = libc::fcntl(3, libc::F_GETFD);
-            libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+            for (i, fd) in high[..fds.len()].iter().enumerate() {
+                let to = 3 + i as i32;
+                if libc::dup2(*fd, to) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let flags = libc::fcntl(to, libc::F_GETFD);
+                libc::fcntl(to, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+                libc::close(*fd);
+            }
             Ok(())
         });
     }
@@ -316,4 +343,110 @@ async fn a_second_apilb_on_the_same_address_is_refused_unless_both_share_it() {
     assert!(old.0.wait().unwrap().success());
     assert_eq!(whoami(listen, &pki).await.unwrap(), "cp1");
     assert!(new.0.try_wait().unwrap().is_none());
+}
+
+fn base_args(admin: SocketAddr, s: &Standin, pki: &Pki) -> Vec<String> {
+    [
+        "run",
+        "--admin-listen",
+        &admin.to_string(),
+        "--server",
+        &s.addr.to_string(),
+        "--ca-file",
+        pki.ca.to_str().unwrap(),
+        "--log-format",
+        "json",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect()
+}
+
+/// Runs an activated apilb to its end: its exit code and stderr. Fails (and kills it) if it
+/// still runs after `timeout`.
+fn activated_exit(child: Child, timeout: Duration) -> (Option<i32>, String) {
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(out) => {
+            let out = out.unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr).to_string(),
+            )
+        }
+        Err(_) => {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("still running after {timeout:?}");
+        }
+    }
+}
+
+/// Without --listen, apilb serves every socket the supervisor passed, whatever its address
+/// (both of two here), and binds nothing else; the admin address it binds itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_listen_the_inherited_sockets_are_served() {
+    let pki = Pki::new();
+    let s = Standin::start(&pki, [127, 0, 0, 2], "cp1");
+    let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin = free_port([127, 0, 0, 1]);
+    let mut child = Reap(activated_with(&[&a, &b], "$$", &base_args(admin, &s, &pki)));
+    let _log = wait_line(&mut child.0, "server state changed");
+    for l in [&a, &b] {
+        let addr = l.local_addr().unwrap();
+        let served = tokio::time::timeout(Duration::from_secs(10), whoami(addr, &pki))
+            .await
+            .unwrap_or_else(|_| panic!("{addr}: left unserved"));
+        assert_eq!(served.unwrap(), "cp1");
+    }
+}
+
+/// With --listen, a passed socket that matches no listen address is an error naming both
+/// (exit code 2), not a socket held open with its clients waiting unserved in its queue.
+#[test]
+fn an_inherited_socket_matching_no_listen_address_is_an_error() {
+    let pki = Pki::new();
+    let s = Standin::start(&pki, [127, 0, 0, 2], "cp1");
+    let passed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = free_port([127, 0, 0, 1]);
+    let mut args = base_args(free_port([127, 0, 0, 1]), &s, &pki);
+    args.extend(["--listen".to_string(), listen.to_string()]);
+    let (code, err) = activated_exit(
+        activated_with(&[&passed], "$$", &args),
+        Duration::from_secs(10),
+    );
+    assert_eq!(code, Some(2), "{err}");
+    let passed = passed.local_addr().unwrap().to_string();
+    assert!(
+        err.contains(&passed) && err.contains(&listen.to_string()),
+        "{err}"
+    );
+}
+
+/// sd_listen_fds(3): the sockets are this process's only if LISTEN_PID is its pid. Passed
+/// with LISTEN_PID unset, or naming another process, the socket is not taken: apilb binds
+/// --listen itself, which the passed socket holds, and says so (exit code 2).
+#[test]
+fn inherited_sockets_are_taken_only_when_listen_pid_is_ours() {
+    let pki = Pki::new();
+    let s = Standin::start(&pki, [127, 0, 0, 2], "cp1");
+    let passed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = passed.local_addr().unwrap();
+    let mut args = base_args(free_port([127, 0, 0, 1]), &s, &pki);
+    args.extend(["--listen".to_string(), addr.to_string()]);
+    for pid in ["", "1"] {
+        let (code, err) = activated_exit(
+            activated_with(&[&passed], pid, &args),
+            Duration::from_secs(10),
+        );
+        assert_eq!(code, Some(2), "LISTEN_PID={pid:?}: {err}");
+        assert!(
+            err.contains(&format!("--listen {addr}: the address is in use")),
+            "LISTEN_PID={pid:?}: {err}"
+        );
+    }
 }
