@@ -163,6 +163,16 @@ pub struct RunArgs {
     #[arg(long, value_parser = duration, value_name = "DURATION")]
     pub drain_grace: Option<Duration>,
 
+    /// Once one side of a connection has ended (FIN), the other must end within this or
+    /// the connection is closed; 0 turns it off. [default: 90s]
+    #[arg(long, value_parser = duration, value_name = "DURATION")]
+    pub half_closed_timeout: Option<Duration>,
+
+    /// A connection that carried nothing either way for this long is closed; 0 turns it
+    /// off. Watches are quiet for minutes when nothing changes. [default: 0s (off)]
+    #[arg(long, value_parser = duration, value_name = "DURATION")]
+    pub idle_timeout: Option<Duration>,
+
     /// How often host names in --server are resolved again. [default: 30s]
     #[arg(long, value_parser = duration, value_name = "DURATION")]
     pub resolve_interval: Option<Duration>,

@@ -39,6 +39,11 @@ pub mod defaults {
     pub const MAX_CONNECTIONS: usize = 10_000;
     pub const WORKERS: usize = 2;
     pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
+    /// Longer than kube-apiserver's default request timeout (`--request-timeout`, 60 s),
+    /// so a response to a request sent before the client's FIN can still finish.
+    pub const HALF_CLOSED_TIMEOUT: Duration = Duration::from_secs(90);
+    /// Off: a watch with no events is legitimately quiet for many minutes.
+    pub const IDLE_TIMEOUT: Duration = Duration::ZERO;
     pub const RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
     pub const DISCOVERY_INTERVAL: Duration = Duration::from_secs(30);
     pub const DISCOVERY_REMOVAL_GRACE: Duration = Duration::from_secs(300);
@@ -153,6 +158,8 @@ pub struct FileConfig {
     pub max_connections: Option<usize>,
     pub workers: Option<usize>,
     pub drain_grace: Option<String>,
+    pub half_closed_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
     pub resolve_interval: Option<String>,
     pub discovery_kubeconfig: Option<PathBuf>,
     pub discovery_interval: Option<String>,
@@ -188,6 +195,10 @@ pub struct Config {
     pub max_connections: usize,
     pub workers: usize,
     pub drain_grace: Duration,
+    /// Once one direction of a connection ended, the other must end within this (0: never).
+    pub half_closed_timeout: Duration,
+    /// A connection that carried nothing for this long is closed (0: never).
+    pub idle_timeout: Duration,
     pub resolve_interval: Duration,
     /// Control-plane discovery, when `--discovery-kubeconfig` is given.
     pub discovery: Option<crate::discovery::DiscoverySettings>,
@@ -555,6 +566,20 @@ pub fn resolve(args: &RunArgs, file: FileConfig) -> Result<Config, ConfigError> 
             "drain-grace",
             d::DRAIN_GRACE,
         )?,
+        half_closed_timeout: duration(
+            args.half_closed_timeout,
+            file.half_closed_timeout.as_ref(),
+            fp,
+            "half-closed-timeout",
+            d::HALF_CLOSED_TIMEOUT,
+        )?,
+        idle_timeout: duration(
+            args.idle_timeout,
+            file.idle_timeout.as_ref(),
+            fp,
+            "idle-timeout",
+            d::IDLE_TIMEOUT,
+        )?,
         resolve_interval: duration(
             args.resolve_interval,
             file.resolve_interval.as_ref(),
@@ -660,6 +685,8 @@ mod tests {
         assert_eq!(c.connect_race_delay, defaults::CONNECT_RACE_DELAY);
         assert_eq!(c.health.fall, defaults::FALL);
         assert_eq!(c.workers, defaults::WORKERS);
+        assert_eq!(c.half_closed_timeout, Duration::from_secs(90));
+        assert_eq!(c.idle_timeout, Duration::ZERO);
     }
 
     #[test]
@@ -759,6 +786,8 @@ mod tests {
             "--health-readyz-interval",
             "--health-timeout",
             "--drain-grace",
+            "--half-closed-timeout",
+            "--idle-timeout",
             "--resolve-interval",
             "--discovery-interval",
             "--discovery-removal-grace",

@@ -91,6 +91,20 @@ pub enum RejectReason {
     local_resources,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TimeoutLabel {
+    pub timeout: TimeoutKind,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum TimeoutKind {
+    /// One direction ended and the other did not within `--half-closed-timeout`.
+    half_closed,
+    /// Nothing moved either way for `--idle-timeout`.
+    idle,
+}
+
 /// Every metric family apilb exports.
 pub struct Metrics {
     pub registry: Registry,
@@ -104,6 +118,7 @@ pub struct Metrics {
     pub health_failures: Family<ServerCause, Counter>,
     pub accepted: Counter,
     pub rejected: Family<Reason, Counter>,
+    pub timed_out: Family<TimeoutLabel, Counter>,
     pub panic_mode: Gauge,
     pub replayed: Counter,
     pub discovery_attempts: Family<DiscoveryResult, Counter>,
@@ -141,6 +156,7 @@ impl Metrics {
             health_failures: Family::default(),
             accepted: Counter::default(),
             rejected: Family::default(),
+            timed_out: Family::default(),
             panic_mode: Gauge::default(),
             replayed: Counter::default(),
             discovery_attempts: Family::default(),
@@ -198,6 +214,12 @@ impl Metrics {
             "connections_rejected",
             "Client connections closed without being proxied, by reason",
             m.rejected.clone(),
+        );
+        registry.register(
+            "connections_timed_out",
+            "Client connections closed by a timeout: half_closed (one side ended, the other \
+             did not within --half-closed-timeout) or idle (nothing moved for --idle-timeout)",
+            m.timed_out.clone(),
         );
         registry.register(
             "panic_mode",
@@ -348,6 +370,16 @@ impl Metrics {
 
     pub fn reject(&self, reason: RejectReason) {
         self.rejected.get_or_create(&Reason { reason }).inc();
+    }
+
+    pub fn timed_out(&self, which: crate::copy::TimedOut) {
+        let timeout = match which {
+            crate::copy::TimedOut::HalfClosed => TimeoutKind::half_closed,
+            crate::copy::TimedOut::Idle => TimeoutKind::idle,
+        };
+        self.timed_out
+            .get_or_create(&TimeoutLabel { timeout })
+            .inc();
     }
 }
 

@@ -279,6 +279,10 @@ pub async fn run(args: RunArgs, cfg: Config, early: EarlySignals) -> anyhow::Res
             replay_limit: cfg.replay_limit,
         },
         cfg.max_connections,
+        crate::copy::Timeouts {
+            half_closed: Some(cfg.half_closed_timeout).filter(|d| !d.is_zero()),
+            idle: Some(cfg.idle_timeout).filter(|d| !d.is_zero()),
+        },
     ));
     // Every worker accepts on every listener; connections live on the worker that took them.
     let workers = Workers::start(cfg.workers).context("cannot start the worker threads")?;

@@ -1,6 +1,6 @@
 //! `apilb run` as a proxy and a process: bytes, half-close, TLS with client certificates end
-//! to end, reload, the admin endpoint and `apilb status`, drain, the connection limit, and
-//! configuration errors.
+//! to end, reload, the admin endpoint and `apilb status`, drain, the connection limit, the
+//! half-closed and idle timeouts, and configuration errors.
 
 mod common;
 
@@ -527,4 +527,129 @@ async fn out_of_descriptors_backs_off_keeps_serving_and_recovers() {
         .filter(|v| v["message"] == "accept failed")
         .count();
     assert!(lines <= 1, "{lines} accept-failure lines");
+}
+
+/// A server that never closes a connection (a hung process, a peer gone half away): it
+/// greets each connection with `hi`, then echoes what it reads, except that a first `F`
+/// makes it end its own side (FIN) at once; after that, or after the client's FIN, it holds
+/// the socket open forever. apilb's health checks get the same and call it not ready,
+/// which leaves it the only server to try (panic mode).
+async fn never_closing_server() -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let _ = c.write_all(b"hi").await;
+                let mut buf = [0u8; 1024];
+                loop {
+                    match c.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) if buf[0] == b'F' => {
+                            let _ = c.shutdown().await;
+                        }
+                        Ok(n) => {
+                            if c.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                std::future::pending::<()>().await;
+                drop(c);
+            });
+        }
+    });
+    addr
+}
+
+/// Waits until apilb has no client connection; how long that took from `since`.
+async fn connections_gone(lb: &Apilb, since: std::time::Instant, within: Duration) -> Duration {
+    loop {
+        if lb.status().await["client_connections"] == 0 {
+            return since.elapsed();
+        }
+        assert!(
+            since.elapsed() < within,
+            "a connection is still open after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A connection one side has half-closed is closed once the other side has not followed
+/// within --half-closed-timeout, in both directions: the client ended its side and the
+/// server never does, or the server ended its side (a leaving apiserver's FIN, passed
+/// through) and the client never does. A connection that carries nothing for
+/// --idle-timeout is closed; one that keeps moving is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_closed_and_idle_connections_are_closed_after_their_timeouts() {
+    let server = never_closing_server().await;
+    let (half, idle) = (Duration::from_secs(1), Duration::from_secs(2));
+    let lb = Apilb::start_args(
+        vec![
+            "--server".into(),
+            server.to_string(),
+            "--health-insecure-skip-verify".into(),
+            "--half-closed-timeout".into(),
+            "1s".into(),
+            "--idle-timeout".into(),
+            "2s".into(),
+        ],
+        None,
+    );
+    let greeted = || async {
+        let mut c = TcpStream::connect(lb.listen).await.unwrap();
+        let mut hi = [0u8; 2];
+        c.read_exact(&mut hi).await.unwrap();
+        assert_eq!(&hi, b"hi");
+        c
+    };
+    let timed_out = |which: &'static str| {
+        let lb = &lb;
+        async move {
+            lb.metric(
+                "apilb_connections_timed_out_total",
+                &[&format!("timeout=\"{which}\"")],
+            )
+            .await
+        }
+    };
+
+    // The client ends its side; the server never ends its own.
+    let mut c = greeted().await;
+    let since = std::time::Instant::now();
+    c.shutdown().await.unwrap();
+    let took = connections_gone(&lb, since, Duration::from_secs(10)).await;
+    assert!(took >= half, "closed after {took:?}");
+    assert_eq!(timed_out("half_closed").await, 1.0);
+
+    // The server ends its side; the client keeps its own open (and reads the EOF).
+    let mut c = greeted().await;
+    let since = std::time::Instant::now();
+    c.write_all(b"F").await.unwrap();
+    let mut rest = Vec::new();
+    c.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty());
+    let took = connections_gone(&lb, since, Duration::from_secs(10)).await;
+    assert!(took >= half, "closed after {took:?}");
+    assert_eq!(timed_out("half_closed").await, 2.0);
+    drop(c);
+
+    // Moving every 500 ms for three seconds (longer than the idle timeout): kept.
+    let mut c = greeted().await;
+    let mut since = std::time::Instant::now();
+    for _ in 0..6 {
+        since = std::time::Instant::now();
+        c.write_all(b"x").await.unwrap();
+        let mut echo = [0u8; 1];
+        c.read_exact(&mut echo).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(lb.status().await["client_connections"], 1);
+    // Then quiet: closed an idle timeout after the last byte.
+    let took = connections_gone(&lb, since, Duration::from_secs(10)).await;
+    assert!(took >= idle, "closed after {took:?}");
+    assert_eq!(timed_out("idle").await, 1.0);
+    assert_eq!(timed_out("half_closed").await, 2.0);
 }
