@@ -173,6 +173,11 @@ pub struct RunArgs {
     #[arg(long, value_parser = duration, value_name = "DURATION")]
     pub idle_timeout: Option<Duration>,
 
+    /// Under systemd (Type=notify): apilb reports itself started once a server is ready,
+    /// or after this long without one (then serving in panic mode). [default: 10s]
+    #[arg(long, value_parser = duration, value_name = "DURATION")]
+    pub ready_timeout: Option<Duration>,
+
     /// How often host names in --server are resolved again. [default: 30s]
     #[arg(long, value_parser = duration, value_name = "DURATION")]
     pub resolve_interval: Option<Duration>,

@@ -44,6 +44,9 @@ pub mod defaults {
     pub const HALF_CLOSED_TIMEOUT: Duration = Duration::from_secs(90);
     /// Off: a watch with no events is legitimately quiet for many minutes.
     pub const IDLE_TIMEOUT: Duration = Duration::ZERO;
+    /// Well inside systemd's start timeout (90 s), short enough not to hold kubelet back
+    /// long when no control plane answers.
+    pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
     pub const RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
     pub const DISCOVERY_INTERVAL: Duration = Duration::from_secs(30);
     pub const DISCOVERY_REMOVAL_GRACE: Duration = Duration::from_secs(300);
@@ -160,6 +163,7 @@ pub struct FileConfig {
     pub drain_grace: Option<String>,
     pub half_closed_timeout: Option<String>,
     pub idle_timeout: Option<String>,
+    pub ready_timeout: Option<String>,
     pub resolve_interval: Option<String>,
     pub discovery_kubeconfig: Option<PathBuf>,
     pub discovery_interval: Option<String>,
@@ -199,6 +203,8 @@ pub struct Config {
     pub half_closed_timeout: Duration,
     /// A connection that carried nothing for this long is closed (0: never).
     pub idle_timeout: Duration,
+    /// Under systemd (`$NOTIFY_SOCKET`): READY=1 once a server is ready, or after this.
+    pub ready_timeout: Duration,
     pub resolve_interval: Duration,
     /// Control-plane discovery, when `--discovery-kubeconfig` is given.
     pub discovery: Option<crate::discovery::DiscoverySettings>,
@@ -580,6 +586,13 @@ pub fn resolve(args: &RunArgs, file: FileConfig) -> Result<Config, ConfigError> 
             "idle-timeout",
             d::IDLE_TIMEOUT,
         )?,
+        ready_timeout: duration(
+            args.ready_timeout,
+            file.ready_timeout.as_ref(),
+            fp,
+            "ready-timeout",
+            d::READY_TIMEOUT,
+        )?,
         resolve_interval: duration(
             args.resolve_interval,
             file.resolve_interval.as_ref(),
@@ -788,6 +801,7 @@ mod tests {
             "--drain-grace",
             "--half-closed-timeout",
             "--idle-timeout",
+            "--ready-timeout",
             "--resolve-interval",
             "--discovery-interval",
             "--discovery-removal-grace",

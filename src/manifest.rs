@@ -529,7 +529,7 @@ pub fn systemd_unit(plan: &Plan, command: &str) -> String {
          StartLimitIntervalSec=0\n\
          \n\
          [Service]\n\
-         Type=exec\n",
+         Type=notify\n",
     );
     // apilb reads the credential copies; a changed file takes effect on restart. The path
     // runs to the end of the line (no quoting); only specifiers need escaping.

@@ -321,6 +321,8 @@ pub async fn run(args: RunArgs, cfg: Config, early: EarlySignals) -> anyhow::Res
         "apilb started"
     );
 
+    let ready = tokio::spawn(crate::notify::ready(backends.clone(), cfg.ready_timeout));
+
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut sighup = early.hangup;
@@ -352,6 +354,8 @@ pub async fn run(args: RunArgs, cfg: Config, early: EarlySignals) -> anyhow::Res
     let open = proxy.connections();
     tracing::info!(signal = signal_name, open_connections = open,
         grace = %humantime::format_duration(cfg.drain_grace), "stopping: draining connections");
+    ready.abort();
+    crate::notify::stopping();
     stop_accepting.cancel();
     discovery_stop.cancel();
     let left = proxy.drain(cfg.drain_grace).await;

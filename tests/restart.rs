@@ -1,7 +1,10 @@
-//! Restarts that refuse no one: with socket activation (the supervisor holds the listening
-//! socket and passes it as LISTEN_FDS), apilb can be stopped and started again — a
-//! `systemctl restart` or a binary upgrade — while clients connect in a loop, and not one
-//! connection attempt is refused.
+//! apilb under a supervisor. Restarts that refuse no one: with socket activation (the
+//! supervisor holds the listening socket and passes it as LISTEN_FDS), apilb can be stopped
+//! and started again — a `systemctl restart` or a binary upgrade — while clients connect in
+//! a loop, and not one connection attempt is refused. Passed sockets are served or refused
+//! loudly, never held unserved; listening addresses are exclusive unless both processes of a
+//! handover share them (`--reuse-port`); a SIGHUP during start-up is not fatal; and systemd
+//! hears READY=1 and STOPPING=1 (`$NOTIFY_SOCKET`).
 
 mod common;
 
@@ -449,4 +452,105 @@ fn inherited_sockets_are_taken_only_when_listen_pid_is_ours() {
             "LISTEN_PID={pid:?}: {err}"
         );
     }
+}
+
+/// The status code of `GET path` on apilb's admin endpoint.
+fn admin_code(admin: SocketAddr, path: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(admin).unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    parse_response(&out).0
+}
+
+/// A stand-in for systemd's notification socket: the datagrams apilb sends there.
+struct NotifySocket {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    sock: std::os::unix::net::UnixDatagram,
+}
+
+impl NotifySocket {
+    fn new() -> NotifySocket {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        NotifySocket {
+            _dir: dir,
+            path,
+            sock,
+        }
+    }
+
+    /// The next message (panics after 15 s without one).
+    fn next(&self) -> String {
+        let mut buf = [0u8; 4096];
+        let n = self
+            .sock
+            .recv(&mut buf)
+            .expect("no notification within 15 s");
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    }
+}
+
+/// Under systemd (`$NOTIFY_SOCKET`), apilb says READY=1 once a server is ready, and
+/// STOPPING=1 when it begins to drain.
+#[test]
+fn notifies_ready_once_a_server_is_ready_and_stopping_on_sigterm() {
+    let pki = Pki::new();
+    let s = Standin::start(&pki, [127, 0, 0, 2], "cp1");
+    let notify = NotifySocket::new();
+    let (listen, admin) = (free_port([127, 0, 0, 1]), free_port([127, 0, 0, 1]));
+    let mut child = Reap(
+        Command::new(APILB)
+            .args(run_args(listen, admin, &s, &pki))
+            .env("NOTIFY_SOCKET", &notify.path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let msg = notify.next();
+    assert!(msg.lines().any(|l| l == "READY=1"), "{msg}");
+    // Ready means a server is ready, not merely that the process runs.
+    assert_eq!(admin_code(admin, "/readyz"), 200);
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    let msg = notify.next();
+    assert!(msg.lines().any(|l| l == "STOPPING=1"), "{msg}");
+    assert!(child.0.wait().unwrap().success());
+}
+
+/// With no server ready, READY=1 still comes, after --ready-timeout: a node whose control
+/// planes are all unreachable must still start its kubelet (apilb serves in panic mode).
+#[test]
+fn notifies_ready_after_the_ready_timeout_when_no_server_is_ready() {
+    let pki = Pki::new();
+    let mut s = Standin::start(&pki, [127, 0, 0, 2], "cp1");
+    s.kill(); // refuses every connect: never ready
+    let notify = NotifySocket::new();
+    let (listen, admin) = (free_port([127, 0, 0, 1]), free_port([127, 0, 0, 1]));
+    let started = std::time::Instant::now();
+    let _child = Reap(
+        Command::new(APILB)
+            .args(run_args(listen, admin, &s, &pki))
+            .args(["--ready-timeout", "700ms"])
+            .env("NOTIFY_SOCKET", &notify.path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let msg = notify.next();
+    assert!(msg.lines().any(|l| l == "READY=1"), "{msg}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(700),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(msg.contains("panic mode"), "{msg}");
+    assert_eq!(admin_code(admin, "/readyz"), 503);
 }
