@@ -5,7 +5,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -17,8 +17,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Backend, Backends};
 use crate::discovery::{Discovery, DiscoveryStatus};
-use crate::metrics::Metrics;
+use crate::metrics::{Listener, Metrics};
 use crate::proxy::Proxy;
+
+/// A failed accept is retried after this, doubling each time up to `ACCEPT_BACKOFF_MAX`…
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// …and logged at most this often.
+const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(5);
 
 pub struct Admin {
     pub backends: Arc<Backends>,
@@ -151,19 +157,35 @@ impl Admin {
         }
     }
 
-    /// Serves until `stop` is cancelled.
+    /// Serves until `stop` is cancelled. A failed accept (out of descriptors: the client
+    /// waits in the listen queue) is retried after a backoff growing to a second, counted,
+    /// and logged at most every few seconds, as the proxy's accept loop does.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, stop: CancellationToken) {
+        let mut backoff = ACCEPT_BACKOFF_MIN;
+        let mut last_log: Option<Instant> = None;
         loop {
-            let (stream, _) = tokio::select! {
+            let accepted = tokio::select! {
                 () = stop.cancelled() => return,
-                r = listener.accept() => match r {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "admin accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                        continue;
+                r = listener.accept() => r,
+            };
+            let stream = match accepted {
+                Ok((stream, _)) => {
+                    backoff = ACCEPT_BACKOFF_MIN;
+                    stream
+                }
+                Err(e) => {
+                    self.metrics.accept_error(Listener::admin);
+                    if last_log.is_none_or(|t| t.elapsed() >= ACCEPT_LOG_EVERY) {
+                        last_log = Some(Instant::now());
+                        tracing::warn!(error = %e, retry_in = ?backoff, "admin accept failed");
                     }
-                },
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                    continue;
+                }
             };
             let me = self.clone();
             tokio::spawn(async move {

@@ -105,6 +105,20 @@ pub enum TimeoutKind {
     idle,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabel {
+    pub listener: Listener,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Listener {
+    /// The client listeners (`--listen`).
+    proxy,
+    /// The admin endpoint (`--admin-listen`).
+    admin,
+}
+
 /// Every metric family apilb exports.
 pub struct Metrics {
     pub registry: Registry,
@@ -119,6 +133,7 @@ pub struct Metrics {
     pub accepted: Counter,
     pub rejected: Family<Reason, Counter>,
     pub timed_out: Family<TimeoutLabel, Counter>,
+    pub accept_errors: Family<ListenerLabel, Counter>,
     pub panic_mode: Gauge,
     pub replayed: Counter,
     pub discovery_attempts: Family<DiscoveryResult, Counter>,
@@ -157,6 +172,7 @@ impl Metrics {
             accepted: Counter::default(),
             rejected: Family::default(),
             timed_out: Family::default(),
+            accept_errors: Family::default(),
             panic_mode: Gauge::default(),
             replayed: Counter::default(),
             discovery_attempts: Family::default(),
@@ -220,6 +236,12 @@ impl Metrics {
             "Client connections closed by a timeout: half_closed (one side ended, the other \
              did not within --half-closed-timeout) or idle (nothing moved for --idle-timeout)",
             m.timed_out.clone(),
+        );
+        registry.register(
+            "accept_errors",
+            "Failed accepts (out of descriptors or memory), by listener (proxy, admin); each \
+             is retried after a backoff of up to a second, and logged at most every 5 s",
+            m.accept_errors.clone(),
         );
         registry.register(
             "panic_mode",
@@ -370,6 +392,12 @@ impl Metrics {
 
     pub fn reject(&self, reason: RejectReason) {
         self.rejected.get_or_create(&Reason { reason }).inc();
+    }
+
+    pub fn accept_error(&self, listener: Listener) {
+        self.accept_errors
+            .get_or_create(&ListenerLabel { listener })
+            .inc();
     }
 
     pub fn timed_out(&self, which: crate::copy::TimedOut) {

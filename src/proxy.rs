@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::backend::Backends;
 use crate::connect::{self, RaceSettings};
 use crate::copy::{Ended, Timeouts};
-use crate::metrics::{Metrics, RejectReason};
+use crate::metrics::{Listener, Metrics, RejectReason};
 use crate::{balance, copy, socket};
 
 pub struct Proxy {
@@ -90,6 +90,7 @@ impl Proxy {
                 }
                 Err(e) => {
                     // EMFILE/ENFILE/ENOBUFS…: do not spin; the listener stays usable.
+                    self.metrics.accept_error(Listener::proxy);
                     self.log_rate_limited(
                         || tracing::error!(error = %e, retry_in = ?backoff, "accept failed"),
                     );

@@ -653,3 +653,79 @@ async fn half_closed_and_idle_connections_are_closed_after_their_timeouts() {
     assert_eq!(timed_out("idle").await, 1.0);
     assert_eq!(timed_out("half_closed").await, 2.0);
 }
+
+/// Out of descriptors, the admin endpoint cannot accept: it retries with a growing backoff,
+/// logs that once (it logged every 100 ms), counts every failure, and serves the client
+/// that waited in its queue as soon as descriptors are free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_out_of_descriptors_backs_off_logs_once_and_recovers() {
+    let pki = Pki::new();
+    let s = Standin::start(&pki, [127, 0, 0, 2], "cp1");
+    let lb = Apilb::start(&pki, &[&s], &[]);
+    lb.wait_all_ready(&[&s]);
+    // Not one free descriptor (the soft limit only: raising it back needs no privilege).
+    let mut before = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    assert_eq!(
+        unsafe { libc::prlimit(lb.pid(), libc::RLIMIT_NOFILE, std::ptr::null(), &mut before) },
+        0
+    );
+    // Below every descriptor it holds beyond stdio: the ones open stay open, no new one
+    // can be made (counting the open ones would not do: a transient one closing leaves a
+    // free number below the limit).
+    let none_free = libc::rlimit {
+        rlim_cur: 3,
+        rlim_max: before.rlim_max,
+    };
+    assert_eq!(
+        unsafe {
+            libc::prlimit(
+                lb.pid(),
+                libc::RLIMIT_NOFILE,
+                &none_free,
+                std::ptr::null_mut(),
+            )
+        },
+        0
+    );
+    let mark = lb.mark();
+    // The kernel completes this client's handshake; apilb cannot accept it yet.
+    let admin = lb.admin;
+    let waiting = tokio::spawn(async move {
+        let mut c = TcpStream::connect(admin).await.unwrap();
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        let _ = c.read_to_end(&mut out).await;
+        parse_response(&out).0
+    });
+    let hit = lb.wait_log_from(mark, Duration::from_secs(10), |v| {
+        v["message"] == "admin accept failed"
+    });
+    assert!(hit.to_string().contains("Too many open files"), "{hit}");
+    // An observation window (what is asserted is an absence): retries go on meanwhile,
+    // at most one line is logged.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let lines = lb.logs()[mark..]
+        .iter()
+        .filter(|v| v["message"] == "admin accept failed")
+        .count();
+    assert_eq!(lines, 1, "admin accept failures logged {lines} times");
+    // Descriptors back: the client that waited is served.
+    assert_eq!(
+        unsafe { libc::prlimit(lb.pid(), libc::RLIMIT_NOFILE, &before, std::ptr::null_mut()) },
+        0
+    );
+    let code = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the waiting admin client was never served")
+        .unwrap();
+    assert_eq!(code, 200);
+    let failures = lb
+        .metric("apilb_accept_errors_total", &["listener=\"admin\""])
+        .await;
+    assert!(failures >= 2.0, "{failures} failed accepts counted");
+}
