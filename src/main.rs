@@ -45,7 +45,7 @@ fn print_error(msg: impl std::fmt::Display) {
 }
 
 /// The main thread's runtime. For `apilb run` it carries the control plane only (health,
-/// discovery, admin, signals); client connections live on `workers`.
+/// discovery, signals); client connections live on `workers`.
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

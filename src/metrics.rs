@@ -134,6 +134,7 @@ pub struct Metrics {
     pub rejected: Family<Reason, Counter>,
     pub timed_out: Family<TimeoutLabel, Counter>,
     pub accept_errors: Family<ListenerLabel, Counter>,
+    pub admin_rejected: Counter,
     pub panic_mode: Gauge,
     pub replayed: Counter,
     pub discovery_attempts: Family<DiscoveryResult, Counter>,
@@ -173,6 +174,7 @@ impl Metrics {
             rejected: Family::default(),
             timed_out: Family::default(),
             accept_errors: Family::default(),
+            admin_rejected: Counter::default(),
             panic_mode: Gauge::default(),
             replayed: Counter::default(),
             discovery_attempts: Family::default(),
@@ -242,6 +244,11 @@ impl Metrics {
             "Failed accepts (out of descriptors or memory), by listener (proxy, admin); each \
              is retried after a backoff of up to a second, and logged at most every 5 s",
             m.accept_errors.clone(),
+        );
+        registry.register(
+            "admin_connections_rejected",
+            "Admin endpoint connections closed at once because 64 were already open",
+            m.admin_rejected.clone(),
         );
         registry.register(
             "panic_mode",

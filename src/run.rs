@@ -240,8 +240,6 @@ pub async fn run(args: RunArgs, cfg: Config, early: EarlySignals) -> anyhow::Res
         &mut inherited,
         cfg.reuse_port,
     )?;
-    let admin_listener = tokio::net::TcpListener::from_std(admin_listener)
-        .with_context(|| format!("--admin-listen {}: cannot listen", cfg.admin_listen))?;
     let listeners = proxy_listeners(&cfg, inherited)?;
     let listen_addrs: Vec<SocketAddr> = listeners.iter().map(|(a, _)| *a).collect();
     let fleet = Arc::new(Fleet {
@@ -312,7 +310,9 @@ pub async fn run(args: RunArgs, cfg: Config, early: EarlySignals) -> anyhow::Res
         started: SystemTime::now(),
     });
     let admin_stop = CancellationToken::new();
-    tokio::spawn(admin.serve(admin_listener, admin_stop.clone()));
+    let admin_thread = admin
+        .start(admin_listener, admin_stop.clone())
+        .with_context(|| format!("--admin-listen {}: cannot serve", cfg.admin_listen))?;
     tracing::info!(
         listen = ?listen_addrs,
         servers = ?cfg.servers.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
@@ -368,6 +368,11 @@ pub async fn run(args: RunArgs, cfg: Config, early: EarlySignals) -> anyhow::Res
     hard_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(1), proxy.tracker.wait()).await;
     admin_stop.cancel();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        tokio::task::spawn_blocking(move || admin_thread.join()),
+    )
+    .await;
     tracing::info!("stopped");
     Ok(())
 }

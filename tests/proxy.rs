@@ -729,3 +729,68 @@ async fn admin_out_of_descriptors_backs_off_logs_once_and_recovers() {
         .await;
     assert!(failures >= 2.0, "{failures} failed accepts counted");
 }
+
+/// `GET path` on a new connection to `admin`: the raw answer (empty if it was closed or
+/// reset without one — a reset can come before the connect has returned).
+async fn admin_raw(admin: std::net::SocketAddr, path: &str) -> Vec<u8> {
+    let Ok(mut c) = TcpStream::connect(admin).await else {
+        return Vec::new();
+    };
+    let _ = c
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+    let mut out = Vec::new();
+    let _ = c.read_to_end(&mut out).await;
+    out
+}
+
+/// The admin endpoint holds at most 64 connections: more are closed at once, without an
+/// answer, and counted; a freed slot serves again. It runs on a thread of its own, so a
+/// flood of admin requests never competes with the health checks on the main thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoint_caps_its_connections_on_a_thread_of_its_own() {
+    let pki = Pki::new();
+    let s = Standin::start(&pki, [127, 0, 0, 2], "cp1");
+    let lb = Apilb::start(&pki, &[&s], &[]);
+    lb.wait_all_ready(&[&s]);
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", lb.pid()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|c| c.trim().to_string())
+        .collect();
+    assert!(threads.iter().any(|t| t == "apilb-admin"), "{threads:?}");
+
+    // 64 connections that say nothing (yet): each holds a slot.
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        held.push(TcpStream::connect(lb.admin).await.unwrap());
+    }
+    // The 65th is closed without an answer (the kernel's queue is first in, first out: it
+    // is accepted after the 64).
+    let answer = admin_raw(lb.admin, "/healthz").await;
+    assert!(
+        answer.is_empty(),
+        "served past the limit: {}",
+        String::from_utf8_lossy(&answer)
+    );
+    // A slot freed: served again, once apilb has seen that connection end.
+    drop(held.pop());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if parse_response(&admin_raw(lb.admin, "/healthz").await).0 == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no slot after a connection ended"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let rejected = lb
+        .metric("apilb_admin_connections_rejected_total", &[])
+        .await;
+    assert!(rejected >= 1.0, "{rejected}");
+    drop(held);
+}
