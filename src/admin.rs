@@ -2,10 +2,14 @@
 //! (200 only when at least one server is ready), `/metrics` (Prometheus text) and `/status`
 //! (JSON: every server's state, cause, last check, latencies and connections). Read-only:
 //! nothing here changes what the proxy does.
+//!
+//! Runs on a thread of its own with at most `MAX_CONNECTIONS` connections (more are
+//! closed at once), so a flood of admin requests can delay neither the health checks (main
+//! thread) nor client traffic (workers).
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -13,12 +17,22 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Backend, Backends};
 use crate::discovery::{Discovery, DiscoveryStatus};
-use crate::metrics::Metrics;
+use crate::metrics::{Listener, Metrics};
 use crate::proxy::Proxy;
+
+/// Most concurrent admin connections; more are closed at once (Prometheus, a probe and
+/// `apilb status` need a handful).
+pub const MAX_CONNECTIONS: usize = 64;
+/// A failed accept is retried after this, doubling each time up to `ACCEPT_BACKOFF_MAX`…
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// …and logged at most this often.
+const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(5);
 
 pub struct Admin {
     pub backends: Arc<Backends>,
@@ -151,22 +165,75 @@ impl Admin {
         }
     }
 
-    /// Serves until `stop` is cancelled.
+    /// Serves on a thread of its own ("apilb-admin", a single-threaded runtime) until
+    /// `stop` is cancelled: however many requests come, they never delay the health checks
+    /// on the main thread. The listener is registered here, so an error is returned at once.
+    pub fn start(
+        self: Arc<Self>,
+        listener: std::net::TcpListener,
+        stop: CancellationToken,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let listener = {
+            let _in = rt.enter();
+            TcpListener::from_std(listener)?
+        };
+        std::thread::Builder::new()
+            .name("apilb-admin".into())
+            .spawn(move || rt.block_on(self.serve(listener, stop)))
+    }
+
+    /// Serves until `stop` is cancelled. A failed accept (out of descriptors: the client
+    /// waits in the listen queue) is retried after a backoff growing to a second, counted,
+    /// and logged at most every few seconds, as the proxy's accept loop does.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, stop: CancellationToken) {
+        let mut backoff = ACCEPT_BACKOFF_MIN;
+        let mut last_log: Option<Instant> = None;
+        let mut last_full_log: Option<Instant> = None;
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         loop {
-            let (stream, _) = tokio::select! {
+            let accepted = tokio::select! {
                 () = stop.cancelled() => return,
-                r = listener.accept() => match r {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "admin accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                        continue;
+                r = listener.accept() => r,
+            };
+            let stream = match accepted {
+                Ok((stream, _)) => {
+                    backoff = ACCEPT_BACKOFF_MIN;
+                    stream
+                }
+                Err(e) => {
+                    self.metrics.accept_error(Listener::admin);
+                    if last_log.is_none_or(|t| t.elapsed() >= ACCEPT_LOG_EVERY) {
+                        last_log = Some(Instant::now());
+                        tracing::warn!(error = %e, retry_in = ?backoff, "admin accept failed");
                     }
-                },
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                    continue;
+                }
+            };
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                // Full: closed at once, not queued (a flood must not grow without bound).
+                self.metrics.admin_rejected.inc();
+                let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                drop(stream);
+                if last_full_log.is_none_or(|t| t.elapsed() >= ACCEPT_LOG_EVERY) {
+                    last_full_log = Some(Instant::now());
+                    tracing::warn!(
+                        limit = MAX_CONNECTIONS,
+                        "admin endpoint at its connection limit; closing new connections"
+                    );
+                }
+                continue;
             };
             let me = self.clone();
             tokio::spawn(async move {
+                let _slot = permit;
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let resp = me.respond(&req);
                     async move { Ok::<_, Infallible>(resp) }

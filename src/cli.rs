@@ -47,7 +47,7 @@ fn duration(s: &str) -> Result<Duration, String> {
 #[derive(Debug, Args, Default)]
 pub struct RunArgs {
     /// Address to listen on (repeatable). Loopback only unless --allow-non-loopback.
-    /// [default: 127.0.0.1:6443]
+    /// [default: the sockets passed by systemd (socket activation), else 127.0.0.1:6443]
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Vec<String>,
 
@@ -83,6 +83,12 @@ pub struct RunArgs {
     /// Admin endpoint (/healthz /readyz /metrics /status). [default: 127.0.0.1:6447]
     #[arg(long, value_name = "ADDR:PORT")]
     pub admin_listen: Option<String>,
+
+    /// Bind the listeners with SO_REUSEPORT, so that another apilb started with this flag
+    /// can bind the same addresses: for an upgrade that starts the new process before
+    /// stopping the old. Without it a second process on the same address is refused.
+    #[arg(long)]
+    pub reuse_port: bool,
 
     /// YAML config file; its keys are these flags' names. Flags win. Reloaded on change and
     /// on SIGHUP.
@@ -156,6 +162,21 @@ pub struct RunArgs {
     /// [default: 5s]
     #[arg(long, value_parser = duration, value_name = "DURATION")]
     pub drain_grace: Option<Duration>,
+
+    /// Once one side of a connection has ended (FIN), the other must end within this or
+    /// the connection is closed; 0 turns it off. [default: 90s]
+    #[arg(long, value_parser = duration, value_name = "DURATION")]
+    pub half_closed_timeout: Option<Duration>,
+
+    /// A connection that carried nothing either way for this long is closed; 0 turns it
+    /// off. Watches are quiet for minutes when nothing changes. [default: 0s (off)]
+    #[arg(long, value_parser = duration, value_name = "DURATION")]
+    pub idle_timeout: Option<Duration>,
+
+    /// Under systemd (Type=notify): apilb reports itself started once a server is ready,
+    /// or after this long without one (then serving in panic mode). [default: 10s]
+    #[arg(long, value_parser = duration, value_name = "DURATION")]
+    pub ready_timeout: Option<Duration>,
 
     /// How often host names in --server are resolved again. [default: 30s]
     #[arg(long, value_parser = duration, value_name = "DURATION")]

@@ -39,6 +39,14 @@ pub mod defaults {
     pub const MAX_CONNECTIONS: usize = 10_000;
     pub const WORKERS: usize = 2;
     pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
+    /// Longer than kube-apiserver's default request timeout (`--request-timeout`, 60 s),
+    /// so a response to a request sent before the client's FIN can still finish.
+    pub const HALF_CLOSED_TIMEOUT: Duration = Duration::from_secs(90);
+    /// Off: a watch with no events is legitimately quiet for many minutes.
+    pub const IDLE_TIMEOUT: Duration = Duration::ZERO;
+    /// Well inside systemd's start timeout (90 s), short enough not to hold kubelet back
+    /// long when no control plane answers.
+    pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
     pub const RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
     pub const DISCOVERY_INTERVAL: Duration = Duration::from_secs(30);
     pub const DISCOVERY_REMOVAL_GRACE: Duration = Duration::from_secs(300);
@@ -137,6 +145,7 @@ pub struct FileConfig {
     pub health_insecure_skip_verify: Option<bool>,
     pub health_tls_server_name: Option<String>,
     pub admin_listen: Option<String>,
+    pub reuse_port: Option<bool>,
     pub log_format: Option<LogFormat>,
     pub log_level: Option<String>,
     pub connect_timeout: Option<String>,
@@ -152,6 +161,9 @@ pub struct FileConfig {
     pub max_connections: Option<usize>,
     pub workers: Option<usize>,
     pub drain_grace: Option<String>,
+    pub half_closed_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub ready_timeout: Option<String>,
     pub resolve_interval: Option<String>,
     pub discovery_kubeconfig: Option<PathBuf>,
     pub discovery_interval: Option<String>,
@@ -164,6 +176,10 @@ pub struct FileConfig {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: Vec<SocketAddr>,
+    /// `--listen` (flag or key) was given: without it, sockets passed by a supervisor are
+    /// served instead of the default address.
+    pub listen_given: bool,
+    pub allow_non_loopback: bool,
     pub servers: Vec<ServerSpec>,
     pub ca_file: Option<PathBuf>,
     pub health_client_cert: Option<PathBuf>,
@@ -171,6 +187,8 @@ pub struct Config {
     pub health_insecure_skip_verify: bool,
     pub health_tls_server_name: Option<String>,
     pub admin_listen: SocketAddr,
+    /// SO_REUSEPORT on the listeners apilb binds (`--reuse-port`): a handover only.
+    pub reuse_port: bool,
     pub log_format: LogFormat,
     pub log_level: String,
     pub connect_timeout: Duration,
@@ -181,6 +199,12 @@ pub struct Config {
     pub max_connections: usize,
     pub workers: usize,
     pub drain_grace: Duration,
+    /// Once one direction of a connection ended, the other must end within this (0: never).
+    pub half_closed_timeout: Duration,
+    /// A connection that carried nothing for this long is closed (0: never).
+    pub idle_timeout: Duration,
+    /// Under systemd (`$NOTIFY_SOCKET`): READY=1 once a server is ready, or after this.
+    pub ready_timeout: Duration,
     pub resolve_interval: Duration,
     /// Control-plane discovery, when `--discovery-kubeconfig` is given.
     pub discovery: Option<crate::discovery::DiscoverySettings>,
@@ -504,6 +528,8 @@ pub fn resolve(args: &RunArgs, file: FileConfig) -> Result<Config, ConfigError> 
 
     Ok(Config {
         listen,
+        listen_given: !args.listen.is_empty() || file.listen.is_some(),
+        allow_non_loopback,
         servers,
         ca_file,
         health_client_cert: cert,
@@ -514,6 +540,7 @@ pub fn resolve(args: &RunArgs, file: FileConfig) -> Result<Config, ConfigError> 
             .clone()
             .or(file.health_tls_server_name.clone()),
         admin_listen,
+        reuse_port: args.reuse_port || file.reuse_port.unwrap_or(false),
         log_format,
         log_level,
         connect_timeout,
@@ -544,6 +571,27 @@ pub fn resolve(args: &RunArgs, file: FileConfig) -> Result<Config, ConfigError> 
             fp,
             "drain-grace",
             d::DRAIN_GRACE,
+        )?,
+        half_closed_timeout: duration(
+            args.half_closed_timeout,
+            file.half_closed_timeout.as_ref(),
+            fp,
+            "half-closed-timeout",
+            d::HALF_CLOSED_TIMEOUT,
+        )?,
+        idle_timeout: duration(
+            args.idle_timeout,
+            file.idle_timeout.as_ref(),
+            fp,
+            "idle-timeout",
+            d::IDLE_TIMEOUT,
+        )?,
+        ready_timeout: duration(
+            args.ready_timeout,
+            file.ready_timeout.as_ref(),
+            fp,
+            "ready-timeout",
+            d::READY_TIMEOUT,
         )?,
         resolve_interval: duration(
             args.resolve_interval,
@@ -650,6 +698,8 @@ mod tests {
         assert_eq!(c.connect_race_delay, defaults::CONNECT_RACE_DELAY);
         assert_eq!(c.health.fall, defaults::FALL);
         assert_eq!(c.workers, defaults::WORKERS);
+        assert_eq!(c.half_closed_timeout, Duration::from_secs(90));
+        assert_eq!(c.idle_timeout, Duration::ZERO);
     }
 
     #[test]
@@ -749,6 +799,9 @@ mod tests {
             "--health-readyz-interval",
             "--health-timeout",
             "--drain-grace",
+            "--half-closed-timeout",
+            "--idle-timeout",
+            "--ready-timeout",
             "--resolve-interval",
             "--discovery-interval",
             "--discovery-removal-grace",

@@ -21,6 +21,7 @@ pub mod kubespray;
 pub mod logging;
 pub mod manifest;
 pub mod metrics;
+pub mod notify;
 #[cfg(test)]
 mod properties;
 pub mod proxy;

@@ -2,7 +2,7 @@
 //!
 //! CLI entry: parse, dispatch, and map errors to exit codes (anyhow at this edge only).
 //! Exit codes: 0 success; 1 runtime failure (or, for `status`, no server ready);
-//! 2 bad configuration or input.
+//! 2 bad configuration or input (for `run`, also a listen address in use or not on this host).
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -45,7 +45,7 @@ fn print_error(msg: impl std::fmt::Display) {
 }
 
 /// The main thread's runtime. For `apilb run` it carries the control plane only (health,
-/// discovery, admin, signals); client connections live on `workers`.
+/// discovery, signals); client connections live on `workers`.
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -70,6 +70,24 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => {
+            // The runtime and the SIGHUP handler come first: SIGHUP's default action ends the
+            // process, and a reload asked for while apilb starts (systemd's ExecReload, a
+            // config-management run) must not take the node's path to the API server down.
+            // A SIGHUP from here on is kept, and served as a reload once apilb runs.
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    print_error(format_args!("cannot start the runtime: {e}"));
+                    return ExitCode::from(1);
+                }
+            };
+            let early = match rt.block_on(async { run::EarlySignals::install() }) {
+                Ok(s) => s,
+                Err(e) => {
+                    print_error(format_args!("cannot handle SIGHUP: {e}"));
+                    return ExitCode::from(1);
+                }
+            };
             let cfg = match config::load(&args) {
                 Ok(c) => c,
                 Err(e) => {
@@ -81,19 +99,14 @@ fn main() -> ExitCode {
                 print_error(e);
                 return ExitCode::from(2);
             }
-            let rt = match runtime() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    print_error(format_args!("cannot start the runtime: {e}"));
-                    return ExitCode::from(1);
-                }
-            };
-            match rt.block_on(run::run(*args, cfg)) {
+            match rt.block_on(run::run(*args, cfg, early)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
                     print_error(format_args!("{e:#}"));
-                    if e.downcast_ref::<tls::TlsError>().is_some() {
+                    if e.downcast_ref::<tls::TlsError>().is_some()
+                        || e.downcast_ref::<run::StartError>().is_some()
+                    {
                         ExitCode::from(2)
                     } else {
                         ExitCode::from(1)

@@ -717,7 +717,7 @@ pub fn systemd_unit(plan: &Plan, command: &str) -> String {
          StartLimitIntervalSec=0\n\
          \n\
          [Service]\n\
-         Type=exec\n",
+         Type=notify\n",
     );
     // apilb reads the credential copies; a changed file takes effect on restart. The path
     // runs to the end of the line (no quoting); only specifiers need escaping.
@@ -838,8 +838,7 @@ pub fn socket_unit(plan: &Plan, command: &str) -> String {
         );
     }
     out.push_str(
-        "ReusePort=true\n\
-         Service=apilb.service\n\
+        "Service=apilb.service\n\
          \n\
          [Install]\n\
          WantedBy=sockets.target\n",
@@ -1358,13 +1357,11 @@ mod tests {
             .collect();
         assert_eq!(listens, ["127.0.0.1:6443", "127.0.0.1:6447"]);
         assert!(!u.contains("BindIPv6Only"));
-        for line in [
-            "Service=apilb.service\n",
-            "ReusePort=true\n",
-            "WantedBy=sockets.target\n",
-        ] {
+        for line in ["Service=apilb.service\n", "WantedBy=sockets.target\n"] {
             assert!(u.contains(line), "{line:?} in\n{u}");
         }
+        // Exclusive: nothing else may join the port systemd holds for apilb.
+        assert!(!u.contains("ReusePort"), "{u}");
         let p = plan(
             &margs(&[
                 "--socket",

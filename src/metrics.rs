@@ -91,6 +91,34 @@ pub enum RejectReason {
     local_resources,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TimeoutLabel {
+    pub timeout: TimeoutKind,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum TimeoutKind {
+    /// One direction ended and the other did not within `--half-closed-timeout`.
+    half_closed,
+    /// Nothing moved either way for `--idle-timeout`.
+    idle,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabel {
+    pub listener: Listener,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Listener {
+    /// The client listeners (`--listen`).
+    proxy,
+    /// The admin endpoint (`--admin-listen`).
+    admin,
+}
+
 /// Every metric family apilb exports.
 pub struct Metrics {
     pub registry: Registry,
@@ -104,6 +132,9 @@ pub struct Metrics {
     pub health_failures: Family<ServerCause, Counter>,
     pub accepted: Counter,
     pub rejected: Family<Reason, Counter>,
+    pub timed_out: Family<TimeoutLabel, Counter>,
+    pub accept_errors: Family<ListenerLabel, Counter>,
+    pub admin_rejected: Counter,
     pub panic_mode: Gauge,
     pub replayed: Counter,
     pub discovery_attempts: Family<DiscoveryResult, Counter>,
@@ -141,6 +172,9 @@ impl Metrics {
             health_failures: Family::default(),
             accepted: Counter::default(),
             rejected: Family::default(),
+            timed_out: Family::default(),
+            accept_errors: Family::default(),
+            admin_rejected: Counter::default(),
             panic_mode: Gauge::default(),
             replayed: Counter::default(),
             discovery_attempts: Family::default(),
@@ -198,6 +232,23 @@ impl Metrics {
             "connections_rejected",
             "Client connections closed without being proxied, by reason",
             m.rejected.clone(),
+        );
+        registry.register(
+            "connections_timed_out",
+            "Client connections closed by a timeout: half_closed (one side ended, the other \
+             did not within --half-closed-timeout) or idle (nothing moved for --idle-timeout)",
+            m.timed_out.clone(),
+        );
+        registry.register(
+            "accept_errors",
+            "Failed accepts (out of descriptors or memory), by listener (proxy, admin); each \
+             is retried after a backoff of up to a second, and logged at most every 5 s",
+            m.accept_errors.clone(),
+        );
+        registry.register(
+            "admin_connections_rejected",
+            "Admin endpoint connections closed at once because 64 were already open",
+            m.admin_rejected.clone(),
         );
         registry.register(
             "panic_mode",
@@ -348,6 +399,22 @@ impl Metrics {
 
     pub fn reject(&self, reason: RejectReason) {
         self.rejected.get_or_create(&Reason { reason }).inc();
+    }
+
+    pub fn accept_error(&self, listener: Listener) {
+        self.accept_errors
+            .get_or_create(&ListenerLabel { listener })
+            .inc();
+    }
+
+    pub fn timed_out(&self, which: crate::copy::TimedOut) {
+        let timeout = match which {
+            crate::copy::TimedOut::HalfClosed => TimeoutKind::half_closed,
+            crate::copy::TimedOut::Idle => TimeoutKind::idle,
+        };
+        self.timed_out
+            .get_or_create(&TimeoutLabel { timeout })
+            .inc();
     }
 }
 

@@ -3,8 +3,10 @@
 //! server's token closes it.
 //!
 //! Holds under faults: beyond `max_connections` new clients are closed and counted; accept
-//! errors (EMFILE and friends) back off and are logged at most every few seconds; on
-//! shutdown the accept loops stop and `drain` waits for live connections up to the grace.
+//! errors (EMFILE and friends) back off and are logged at most every few seconds; a
+//! connection one side has half-closed, or (if asked) one idle too long, is reset on both
+//! sides and counted (`copy::Timeouts`); on shutdown the accept loops stop and `drain` waits
+//! for live connections up to the grace.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,7 +19,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::backend::Backends;
 use crate::connect::{self, RaceSettings};
-use crate::metrics::{Metrics, RejectReason};
+use crate::copy::{Ended, Timeouts};
+use crate::metrics::{Listener, Metrics, RejectReason};
 use crate::{balance, copy, socket};
 
 pub struct Proxy {
@@ -25,6 +28,8 @@ pub struct Proxy {
     pub metrics: Arc<Metrics>,
     pub race: RaceSettings,
     pub max_connections: usize,
+    /// When a connection that stopped moving is closed.
+    pub timeouts: Timeouts,
     /// Every live client connection is a task of this tracker.
     pub tracker: TaskTracker,
     panic_mode: AtomicBool,
@@ -37,12 +42,14 @@ impl Proxy {
         metrics: Arc<Metrics>,
         race: RaceSettings,
         max_connections: usize,
+        timeouts: Timeouts,
     ) -> Proxy {
         Proxy {
             backends,
             metrics,
             race,
             max_connections,
+            timeouts,
             tracker: TaskTracker::new(),
             panic_mode: AtomicBool::new(false),
             last_accept_error_log: Mutex::new(None),
@@ -88,6 +95,7 @@ impl Proxy {
                 }
                 Err(e) => {
                     // EMFILE/ENFILE/ENOBUFS…: do not spin; the listener stays usable.
+                    self.metrics.accept_error(Listener::proxy);
                     self.log_rate_limited(
                         || tracing::error!(error = %e, retry_in = ?backoff, "accept failed"),
                     );
@@ -170,11 +178,27 @@ impl Proxy {
         m.bytes_to_client.inc_by(first.len() as u64);
         drop(first);
         let server = &mut est.upstream.stream;
+        let copying = copy::bidirectional(
+            &mut client,
+            server,
+            &m.bytes_to_server,
+            &m.bytes_to_client,
+            &self.timeouts,
+        );
         tokio::select! {
-            r = copy::bidirectional(&mut client, server, &m.bytes_to_server, &m.bytes_to_client) => {
+            r = copying => {
                 match r {
-                    Ok((up, down)) => tracing::debug!(client = %peer, server = %backend.name,
-                        bytes_to_server = up, bytes_to_client = down, "connection closed"),
+                    Ok(Ended::Closed((up, down))) => tracing::debug!(client = %peer,
+                        server = %backend.name, bytes_to_server = up, bytes_to_client = down,
+                        "connection closed"),
+                    Ok(Ended::TimedOut(which, (up, down))) => {
+                        self.metrics.timed_out(which);
+                        tracing::debug!(client = %peer, server = %backend.name,
+                            bytes_to_server = up, bytes_to_client = down, timeout = ?which,
+                            "closing: the connection timed out");
+                        socket::reset_on_close(&client);
+                        socket::reset_on_close(server);
+                    }
                     Err(e) => {
                         tracing::debug!(client = %peer, server = %backend.name, error = %e,
                             "connection ended with an error");
@@ -221,6 +245,10 @@ mod tests {
                 replay_limit: 8192,
             },
             10,
+            Timeouts {
+                half_closed: Some(Duration::from_secs(1)),
+                idle: Some(Duration::from_secs(1)),
+            },
         ));
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();

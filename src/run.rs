@@ -4,11 +4,12 @@
 //!
 //! Decides nothing about traffic or health itself.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -107,7 +108,116 @@ fn raise_nofile_limit(max_connections: usize) {
     }
 }
 
-pub async fn run(args: RunArgs, cfg: Config) -> anyhow::Result<()> {
+/// A setting that cannot work on this host, found at start (an address in use, not local,
+/// or a port that needs privileges): exit code 2, like a configuration error.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StartError(pub String);
+
+/// The listener for `flag`'s address: inherited, or bound now. An address in use says what
+/// to do about it.
+fn bind(
+    flag: &str,
+    addr: SocketAddr,
+    inherited: &mut Vec<std::net::TcpListener>,
+    reuse_port: bool,
+) -> anyhow::Result<std::net::TcpListener> {
+    socket::take_or_listen(addr, inherited, reuse_port).map_err(|e| {
+        let setting = |why: String| anyhow::Error::new(StartError(format!("{flag} {addr}: {why}")));
+        match e.raw_os_error() {
+            Some(libc::EADDRINUSE) if reuse_port => setting(format!(
+                "the address is in use ({e}), and not by a process that shares it: \
+                 --reuse-port shares an address only with another apilb started with \
+                 --reuse-port too. Stop the process listening there first"
+            )),
+            Some(libc::EADDRINUSE) => setting(format!(
+                "the address is in use ({e}): another process listens there (another \
+                 apilb, or the proxy apilb replaces). Stop it first; for a handover that \
+                 starts the new apilb before stopping the old one, start both with \
+                 --reuse-port"
+            )),
+            Some(libc::EADDRNOTAVAIL) => {
+                setting(format!("no interface of this host has that address ({e})"))
+            }
+            Some(libc::EACCES) => setting(format!(
+                "permission denied ({e}): a port below 1024 needs CAP_NET_BIND_SERVICE"
+            )),
+            _ => anyhow::anyhow!("{flag} {addr}: cannot listen: {e}"),
+        }
+    })
+}
+
+/// The client listeners. Without `--listen` (flag or key), the sockets passed by a
+/// supervisor (socket activation) are served as they are, whatever their addresses, and
+/// the default address is bound only when none was passed. With `--listen`, a passed
+/// socket that matches no listen address is an error: it would be held open unserved, its
+/// clients waiting in its queue.
+fn proxy_listeners(
+    cfg: &Config,
+    mut inherited: Vec<std::net::TcpListener>,
+) -> anyhow::Result<Vec<(SocketAddr, std::net::TcpListener)>> {
+    let addr_of = |l: &std::net::TcpListener| {
+        l.local_addr()
+            .map_err(|e| anyhow::anyhow!("an inherited socket has no address: {e}"))
+    };
+    let mut out = Vec::new();
+    if cfg.listen_given || inherited.is_empty() {
+        for addr in &cfg.listen {
+            out.push((
+                *addr,
+                bind("--listen", *addr, &mut inherited, cfg.reuse_port)?,
+            ));
+        }
+        if let Some(l) = inherited.first() {
+            let addr = addr_of(l)?;
+            let listen: Vec<String> = cfg.listen.iter().map(|a| a.to_string()).collect();
+            return Err(StartError(format!(
+                "the supervisor passed a socket listening on {addr} (socket activation), \
+                 which matches no --listen address ({}) nor --admin-listen {}: its clients \
+                 would wait unserved. Add --listen {addr}, or remove it from the socket unit",
+                listen.join(", "),
+                cfg.admin_listen
+            ))
+            .into());
+        }
+        return Ok(out);
+    }
+    for l in inherited {
+        let addr = addr_of(&l)?;
+        if !addr.ip().is_loopback() && !cfg.allow_non_loopback {
+            return Err(StartError(format!(
+                "the supervisor passed a socket listening on {addr} (socket activation), not \
+                 a loopback address: apilb would expose the apiserver path to the network. \
+                 Listen on 127.0.0.1 or [::1] in the socket unit, or pass \
+                 --allow-non-loopback if that is really meant"
+            ))
+            .into());
+        }
+        l.set_nonblocking(true)
+            .with_context(|| format!("inherited socket on {addr}"))?;
+        tracing::info!(%addr, "serving on an inherited socket (socket activation)");
+        out.push((addr, l));
+    }
+    Ok(out)
+}
+
+/// Signal handlers installed before anything else `apilb run` does (see `main`): SIGHUP's
+/// default action would end the process during start-up.
+pub struct EarlySignals {
+    hangup: Signal,
+}
+
+impl EarlySignals {
+    /// Must run inside the runtime. From here on a SIGHUP is kept until the main loop
+    /// serves it as a reload.
+    pub fn install() -> std::io::Result<EarlySignals> {
+        Ok(EarlySignals {
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
+pub async fn run(args: RunArgs, cfg: Config, early: EarlySignals) -> anyhow::Result<()> {
     raise_nofile_limit(cfg.max_connections);
     let tls = crate::tls::client_config(&cfg)?;
     let metrics = Arc::new(Metrics::new());
@@ -123,27 +233,16 @@ pub async fn run(args: RunArgs, cfg: Config) -> anyhow::Result<()> {
         set: backends.clone(),
     });
 
+    // Before any thread starts: this unsets the LISTEN_* variables (sd_listen_fds(3)).
     let mut inherited = socket::inherited();
-    let mut listeners = Vec::new();
-    for addr in &cfg.listen {
-        let l = socket::take_or_listen(*addr, &mut inherited).with_context(|| {
-            format!("--listen {addr}: cannot listen (is another proxy already on this port?)")
-        })?;
-        listeners.push(l);
-    }
-    let admin_listener = socket::take_or_listen(cfg.admin_listen, &mut inherited)
-        .and_then(tokio::net::TcpListener::from_std)
-        .with_context(|| {
-            format!(
-                "--admin-listen {}: cannot listen (choose another port)",
-                cfg.admin_listen
-            )
-        })?;
-
-    for l in &inherited {
-        tracing::warn!(address = ?l.local_addr().ok(),
-            "inherited socket matches no --listen or --admin-listen address; ignored");
-    }
+    let admin_listener = bind(
+        "--admin-listen",
+        cfg.admin_listen,
+        &mut inherited,
+        cfg.reuse_port,
+    )?;
+    let listeners = proxy_listeners(&cfg, inherited)?;
+    let listen_addrs: Vec<SocketAddr> = listeners.iter().map(|(a, _)| *a).collect();
     let fleet = Arc::new(Fleet {
         backends: backends.clone(),
         health,
@@ -179,11 +278,15 @@ pub async fn run(args: RunArgs, cfg: Config) -> anyhow::Result<()> {
             replay_limit: cfg.replay_limit,
         },
         cfg.max_connections,
+        crate::copy::Timeouts {
+            half_closed: Some(cfg.half_closed_timeout).filter(|d| !d.is_zero()),
+            idle: Some(cfg.idle_timeout).filter(|d| !d.is_zero()),
+        },
     ));
     // Every worker accepts on every listener; connections live on the worker that took them.
     let workers = Workers::start(cfg.workers).context("cannot start the worker threads")?;
     let accept_loops = TaskTracker::new();
-    for (l, addr) in listeners.iter().zip(&cfg.listen) {
+    for (addr, l) in &listeners {
         for (i, worker) in workers.handles().enumerate() {
             let copy = l
                 .try_clone()
@@ -212,18 +315,22 @@ pub async fn run(args: RunArgs, cfg: Config) -> anyhow::Result<()> {
         started: SystemTime::now(),
     });
     let admin_stop = CancellationToken::new();
-    tokio::spawn(admin.serve(admin_listener, admin_stop.clone()));
+    let admin_thread = admin
+        .start(admin_listener, admin_stop.clone())
+        .with_context(|| format!("--admin-listen {}: cannot serve", cfg.admin_listen))?;
     tracing::info!(
-        listen = ?cfg.listen,
+        listen = ?listen_addrs,
         servers = ?cfg.servers.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
         admin = %cfg.admin_listen,
         version = env!("CARGO_PKG_VERSION"),
         "apilb started"
     );
 
+    let ready = tokio::spawn(crate::notify::ready(backends.clone(), cfg.ready_timeout));
+
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    let mut sighup = early.hangup;
     let mut last_file = match &cfg.config_file {
         Some(p) => tokio::fs::read(p).await.ok(),
         None => None,
@@ -252,6 +359,8 @@ pub async fn run(args: RunArgs, cfg: Config) -> anyhow::Result<()> {
     let open = proxy.connections();
     tracing::info!(signal = signal_name, open_connections = open,
         grace = %humantime::format_duration(cfg.drain_grace), "stopping: draining connections");
+    ready.abort();
+    crate::notify::stopping();
     stop_accepting.cancel();
     discovery_stop.cancel();
     // The workers see the cancellation on their own threads, and one may be accepting a
@@ -271,6 +380,11 @@ pub async fn run(args: RunArgs, cfg: Config) -> anyhow::Result<()> {
     hard_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(1), proxy.tracker.wait()).await;
     admin_stop.cancel();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        tokio::task::spawn_blocking(move || admin_thread.join()),
+    )
+    .await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -20,14 +20,18 @@ pub const KEEPALIVE_RETRIES: u32 = 3;
 /// Data unacknowledged this long kills the connection.
 pub const USER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A listening socket with SO_REUSEADDR (a restarted apilb binds at once), SO_REUSEPORT (a
-/// new apilb can bind while the old one drains; only processes that also set it can share
-/// the port, so nginx still holding 6443 is a clear error) and, for IPv6, IPV6_V6ONLY
-/// (127.0.0.1:6443 and [::1]:6443 are separate listeners).
-pub fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+/// A listening socket with SO_REUSEADDR (a restarted apilb binds at once, whatever is left
+/// in TIME_WAIT) and, for IPv6, IPV6_V6ONLY (127.0.0.1:6443 and [::1]:6443 are separate
+/// listeners). Exclusive unless `reuse_port`: with SO_REUSEPORT any process of the same
+/// user that also sets it could bind the same address and take a share of kubelet's
+/// connections, so it is set only for an explicit handover (`--reuse-port`, on both the old
+/// and the new apilb).
+pub fn listen(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
@@ -72,30 +76,41 @@ pub fn shutdown_write(s: &TcpStream) {
     let _ = SockRef::from(s).shutdown(std::net::Shutdown::Write);
 }
 
-/// Listening sockets passed by a supervisor (systemd socket activation: `LISTEN_FDS`
-/// descriptors from 3, for this process if `LISTEN_PID` says so or is unset). They outlive
-/// apilb, so a restart refuses no connection: new ones wait in the kernel's queue.
+/// Listening sockets passed by a supervisor (systemd socket activation, sd_listen_fds(3):
+/// `LISTEN_FDS` descriptors from 3, for this process only if `LISTEN_PID` is its pid). They
+/// outlive apilb, so a restart refuses no connection: new ones wait in the kernel's queue.
+/// `LISTEN_PID`, `LISTEN_FDS` and `LISTEN_FDNAMES` are unset whatever they said, so nothing
+/// started later takes them for its own; call this before any thread starts.
 pub fn inherited() -> Vec<std::net::TcpListener> {
     use std::os::fd::FromRawFd;
-    let for_us = match std::env::var("LISTEN_PID") {
-        Ok(pid) => pid.trim() == std::process::id().to_string(),
-        Err(_) => true,
-    };
-    let n: i32 = match std::env::var("LISTEN_FDS")
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-    {
+    let for_us =
+        std::env::var("LISTEN_PID").is_ok_and(|pid| pid.trim() == std::process::id().to_string());
+    let count = std::env::var("LISTEN_FDS").ok();
+    for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+        std::env::remove_var(var);
+    }
+    let n: i32 = match count.and_then(|v| v.trim().parse().ok()) {
         Some(n) if for_us && n > 0 => n,
         _ => return Vec::new(),
     };
     let mut out = Vec::new();
     // LISTEN_FDS comes from the environment: a huge count must not overflow the range.
     for fd in 3..n.saturating_add(3) {
+        // SAFETY: F_GETFD reads only the descriptor's flags.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            tracing::warn!(
+                listen_fds = n,
+                fd,
+                "LISTEN_FDS counts more descriptors than are open; the rest are ignored"
+            );
+            break;
+        }
         // SAFETY: the supervisor hands these descriptors to this process (sd_listen_fds
-        // protocol); each is taken once, here.
+        // protocol), and the descriptor is open; each is taken once, here.
         let sock = unsafe { Socket::from_raw_fd(fd) };
-        let is_listener =
-            sock.r#type().ok() == Some(Type::STREAM) && sock.is_listener().unwrap_or(false);
+        let is_listener = sock.r#type().ok() == Some(Type::STREAM)
+            && matches!(sock.domain(), Ok(d) if d == Domain::IPV4 || d == Domain::IPV6)
+            && sock.is_listener().unwrap_or(false);
         if !is_listener {
             tracing::warn!(
                 fd,
@@ -110,10 +125,12 @@ pub fn inherited() -> Vec<std::net::TcpListener> {
     out
 }
 
-/// The listener for `addr` (non-blocking): an inherited socket bound there, or a new one.
+/// The listener for `addr` (non-blocking): an inherited socket bound there, or a new one
+/// (`listen`).
 pub fn take_or_listen(
     addr: SocketAddr,
     inherited: &mut Vec<std::net::TcpListener>,
+    reuse_port: bool,
 ) -> std::io::Result<std::net::TcpListener> {
     if let Some(i) = inherited
         .iter()
@@ -124,7 +141,7 @@ pub fn take_or_listen(
         tracing::info!(%addr, "serving on an inherited socket (socket activation)");
         return Ok(l);
     }
-    listen(addr)
+    listen(addr, reuse_port)
 }
 
 #[cfg(test)]
@@ -133,10 +150,11 @@ mod tests {
     use tokio::net::TcpListener;
 
     #[tokio::test]
-    async fn a_second_instance_can_bind_while_the_first_drains() {
-        let first = TcpListener::from_std(listen("127.0.0.1:0".parse().unwrap()).unwrap()).unwrap();
+    async fn with_reuse_port_a_second_instance_can_bind_while_the_first_drains() {
+        let first = listen("127.0.0.1:0".parse().unwrap(), true).unwrap();
+        let first = TcpListener::from_std(first).unwrap();
         let addr = first.local_addr().unwrap();
-        let second = listen(addr).expect("SO_REUSEPORT lets the new process bind");
+        let second = listen(addr, true).expect("SO_REUSEPORT on both lets the new process bind");
         let second = TcpListener::from_std(second).unwrap();
         drop(first);
         let c = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -145,8 +163,21 @@ mod tests {
     }
 
     #[test]
+    fn the_bind_is_exclusive_unless_both_share() {
+        let first = listen("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let addr = first.local_addr().unwrap();
+        for reuse_port in [false, true] {
+            let e = listen(addr, reuse_port).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EADDRINUSE), "{reuse_port}");
+        }
+        let shared = listen("127.0.0.1:0".parse().unwrap(), true).unwrap();
+        let e = listen(shared.local_addr().unwrap(), false).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EADDRINUSE));
+    }
+
+    #[test]
     fn a_port_held_without_reuseport_is_an_error() {
         let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        assert!(listen(other.local_addr().unwrap()).is_err());
+        assert!(listen(other.local_addr().unwrap(), true).is_err());
     }
 }

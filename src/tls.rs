@@ -58,13 +58,78 @@ pub fn client_config_with(
         .map_err(|e| e.to_string())?
         .with_root_certificates(store);
     let mut config = match client {
-        Some((chain, key)) => builder
-            .with_client_auth_cert(chain, key)
-            .map_err(|e| format!("the client key does not fit its certificate: {e}"))?,
+        Some((chain, key)) => with_client_cert(builder, chain, key)
+            .map_err(|e| format!("the client certificate and key: {e}"))?,
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
+}
+
+/// A client configuration presenting `chain` and `key`; the error says which of the two is
+/// at fault (rustls checks that the key fits by parsing the certificate, so a certificate
+/// it cannot use would otherwise read as a key that does not fit).
+fn with_client_cert(
+    builder: rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<ClientConfig, String> {
+    let version = chain.first().and_then(|c| x509_version(c.as_ref()));
+    builder
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| match (e, version) {
+            (_, Some(v)) if v < 3 => format!(
+                "the certificate is X.509 version {v}; a TLS client certificate must be \
+                 version 3. Issue it again with extensions (e.g. `openssl x509 -req` with \
+                 `-extfile` giving extendedKeyUsage = clientAuth; without one, older OpenSSL \
+                 makes version 1)"
+            ),
+            (rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch), _) => {
+                "the key does not fit the certificate: they are not a pair; give the key \
+                 the certificate was issued for"
+                    .into()
+            }
+            (e @ rustls::Error::InvalidCertificate(_), _) => {
+                format!("the certificate cannot be used: {e}")
+            }
+            (e, _) => format!("the certificate and key cannot be used: {e}"),
+        })
+}
+
+/// The version of a DER X.509 certificate (1, 2 or 3), or None if it does not parse that
+/// far. `Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { [0] EXPLICIT version
+/// DEFAULT v1, … } … }`.
+fn x509_version(der: &[u8]) -> Option<u8> {
+    /// The content of the DER element at the start of `b` with tag `tag`.
+    fn inside(b: &[u8], tag: u8) -> Option<&[u8]> {
+        let (&t, rest) = b.split_first()?;
+        if t != tag {
+            return None;
+        }
+        let (&first, rest) = rest.split_first()?;
+        let (len, rest) = if first < 0x80 {
+            (usize::from(first), rest)
+        } else {
+            let n = usize::from(first & 0x7f);
+            if n == 0 || n > 4 || rest.len() < n {
+                return None;
+            }
+            let len = rest[..n]
+                .iter()
+                .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+            (len, &rest[n..])
+        };
+        rest.get(..len)
+    }
+    let tbs = inside(inside(der, 0x30)?, 0x30)?;
+    match inside(tbs, 0xa0) {
+        None => Some(1),
+        // INTEGER 0, 1 or 2: v1, v2, v3.
+        Some(v) => match inside(v, 0x02)? {
+            [n @ 0..=2] => Some(n + 1),
+            _ => None,
+        },
+    }
 }
 
 fn load_certs(flag: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -125,13 +190,11 @@ pub fn client_config(cfg: &Config) -> Result<Arc<ClientConfig>, TlsError> {
                 path: key.display().to_string(),
                 message: format!("cannot load a private key: {e}"),
             })?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| TlsError {
-                    flag: "--health-client-key",
-                    path: cert.display().to_string(),
-                    message: format!("the key does not fit the certificate: {e}"),
-                })?
+            with_client_cert(builder, chain, key).map_err(|message| TlsError {
+                flag: "--health-client-cert",
+                path: cert.display().to_string(),
+                message,
+            })?
         }
         _ => builder.with_no_client_auth(),
     };
@@ -193,5 +256,116 @@ impl ServerCertVerifier for NoVerify {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn der_len(n: usize) -> Vec<u8> {
+        match n {
+            0..=0x7f => vec![n as u8],
+            0x80..=0xff => vec![0x81, n as u8],
+            _ => vec![0x82, (n >> 8) as u8, n as u8],
+        }
+    }
+
+    fn element(tag: u8, content: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        out.extend(der_len(content.len()));
+        out.extend_from_slice(content);
+        out
+    }
+
+    /// The elements of a DER SEQUENCE's content.
+    fn elements(mut b: &[u8]) -> Vec<&[u8]> {
+        let mut out = Vec::new();
+        while !b.is_empty() {
+            let first = b[1];
+            let (hdr, len) = if first < 0x80 {
+                (2, usize::from(first))
+            } else {
+                let n = usize::from(first & 0x7f);
+                let len = b[2..2 + n]
+                    .iter()
+                    .fold(0usize, |a, x| (a << 8) | usize::from(*x));
+                (2 + n, len)
+            };
+            out.push(&b[..hdr + len]);
+            b = &b[hdr + len..];
+        }
+        out
+    }
+
+    fn content(b: &[u8]) -> &[u8] {
+        let first = b[1];
+        let hdr = if first < 0x80 {
+            2
+        } else {
+            2 + usize::from(first & 0x7f)
+        };
+        &b[hdr..]
+    }
+
+    /// A client certificate and key: X.509 v3 as rcgen makes it, or the same certificate
+    /// rewritten as version 1 (no version field, no extensions; its signature no longer
+    /// matches, which nothing here checks: rustls refuses it for its version first).
+    fn client_pair(v1: bool) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["node".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let mut der = cert.der().to_vec();
+        if v1 {
+            let outer = elements(content(&der));
+            let tbs: Vec<u8> = elements(content(outer[0]))
+                .into_iter()
+                .filter(|e| e[0] != 0xa0 && e[0] != 0xa3)
+                .flatten()
+                .copied()
+                .collect();
+            let mut body = element(0x30, &tbs);
+            body.extend(outer[1]);
+            body.extend(outer[2]);
+            der = element(0x30, &body);
+        }
+        let key = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        (vec![CertificateDer::from(der)], key)
+    }
+
+    #[test]
+    fn a_version_1_client_certificate_is_named_as_such() {
+        let (chain, key) = client_pair(false);
+        assert_eq!(x509_version(chain[0].as_ref()), Some(3));
+        assert!(client_config_with(Vec::new(), Some((chain, key)), &[]).is_ok());
+
+        let (chain, key) = client_pair(true);
+        assert_eq!(x509_version(chain[0].as_ref()), Some(1));
+        let e = client_config_with(Vec::new(), Some((chain, key)), &[]).unwrap_err();
+        assert!(e.contains("X.509 version 1"), "{e}");
+        assert!(!e.contains("does not fit"), "{e}");
+    }
+
+    #[test]
+    fn a_key_of_another_certificate_is_named_as_such() {
+        let (chain, _) = client_pair(false);
+        let (_, other_key) = client_pair(false);
+        let e = client_config_with(Vec::new(), Some((chain, other_key)), &[]).unwrap_err();
+        assert!(e.contains("the key does not fit the certificate"), "{e}");
+    }
+
+    #[test]
+    fn x509_version_never_panics_on_garbage() {
+        for b in [
+            &[][..],
+            &[0x30],
+            &[0x30, 0x85, 1, 2, 3, 4, 5],
+            &[0x30, 0x02, 0x30, 0x00],
+        ] {
+            let _ = x509_version(b);
+        }
+        assert_eq!(x509_version(&[0x30, 0x02, 0x30, 0x00]), Some(1));
     }
 }

@@ -5,8 +5,8 @@
 //! connection to whichever worker accepts first, so a busy worker takes fewer). A
 //! connection stays on the worker that accepted it for its whole life: its wake-ups never
 //! cross threads, no task is stolen, and nothing is synchronised per byte. The control
-//! plane (health checks, discovery, the admin endpoint, signals) runs on the main thread's
-//! runtime.
+//! plane (health checks, discovery, signals) runs on the main thread's runtime, the admin
+//! endpoint on a thread of its own (`admin`).
 //!
 //! Why not tokio's multi-thread runtime: a proxied connection is woken once per read on
 //! either side, and with work stealing each of those wake-ups may notify another worker

@@ -250,7 +250,7 @@ fn unreadable_ca_keeps_exit_code_2_with_a_full_stderr() {
 }
 
 #[test]
-fn listen_address_taken_keeps_exit_code_1_with_a_full_stderr() {
+fn listen_address_taken_keeps_exit_code_2_with_a_full_stderr() {
     let admin = free_port([127, 0, 0, 1]).to_string();
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let status = exit_with_full_stderr(&[
@@ -262,5 +262,5 @@ fn listen_address_taken_keeps_exit_code_1_with_a_full_stderr() {
         "--admin-listen",
         &admin,
     ]);
-    assert_eq!(status.code(), Some(1), "{status}");
+    assert_eq!(status.code(), Some(2), "{status}");
 }

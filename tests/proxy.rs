@@ -1,6 +1,6 @@
 //! `apilb run` as a proxy and a process: bytes, half-close, TLS with client certificates end
-//! to end, reload, the admin endpoint and `apilb status`, drain, the connection limit, and
-//! configuration errors.
+//! to end, reload, the admin endpoint and `apilb status`, drain, the connection limit, the
+//! half-closed and idle timeouts, and configuration errors.
 
 mod common;
 
@@ -527,4 +527,270 @@ async fn out_of_descriptors_backs_off_keeps_serving_and_recovers() {
         .filter(|v| v["message"] == "accept failed")
         .count();
     assert!(lines <= 1, "{lines} accept-failure lines");
+}
+
+/// A server that never closes a connection (a hung process, a peer gone half away): it
+/// greets each connection with `hi`, then echoes what it reads, except that a first `F`
+/// makes it end its own side (FIN) at once; after that, or after the client's FIN, it holds
+/// the socket open forever. apilb's health checks get the same and call it not ready,
+/// which leaves it the only server to try (panic mode).
+async fn never_closing_server() -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let _ = c.write_all(b"hi").await;
+                let mut buf = [0u8; 1024];
+                loop {
+                    match c.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) if buf[0] == b'F' => {
+                            let _ = c.shutdown().await;
+                        }
+                        Ok(n) => {
+                            if c.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                std::future::pending::<()>().await;
+                drop(c);
+            });
+        }
+    });
+    addr
+}
+
+/// Waits until apilb has no client connection; how long that took from `since`.
+async fn connections_gone(lb: &Apilb, since: std::time::Instant, within: Duration) -> Duration {
+    loop {
+        if lb.status().await["client_connections"] == 0 {
+            return since.elapsed();
+        }
+        assert!(
+            since.elapsed() < within,
+            "a connection is still open after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A connection one side has half-closed is closed once the other side has not followed
+/// within --half-closed-timeout, in both directions: the client ended its side and the
+/// server never does, or the server ended its side (a leaving apiserver's FIN, passed
+/// through) and the client never does. A connection that carries nothing for
+/// --idle-timeout is closed; one that keeps moving is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_closed_and_idle_connections_are_closed_after_their_timeouts() {
+    let server = never_closing_server().await;
+    let (half, idle) = (Duration::from_secs(1), Duration::from_secs(2));
+    let lb = Apilb::start_args(
+        vec![
+            "--server".into(),
+            server.to_string(),
+            "--health-insecure-skip-verify".into(),
+            "--half-closed-timeout".into(),
+            "1s".into(),
+            "--idle-timeout".into(),
+            "2s".into(),
+        ],
+        None,
+    );
+    let greeted = || async {
+        let mut c = TcpStream::connect(lb.listen).await.unwrap();
+        let mut hi = [0u8; 2];
+        c.read_exact(&mut hi).await.unwrap();
+        assert_eq!(&hi, b"hi");
+        c
+    };
+    let timed_out = |which: &'static str| {
+        let lb = &lb;
+        async move {
+            lb.metric(
+                "apilb_connections_timed_out_total",
+                &[&format!("timeout=\"{which}\"")],
+            )
+            .await
+        }
+    };
+
+    // The client ends its side; the server never ends its own.
+    let mut c = greeted().await;
+    let since = std::time::Instant::now();
+    c.shutdown().await.unwrap();
+    let took = connections_gone(&lb, since, Duration::from_secs(10)).await;
+    assert!(took >= half, "closed after {took:?}");
+    assert_eq!(timed_out("half_closed").await, 1.0);
+
+    // The server ends its side; the client keeps its own open (and reads the EOF).
+    let mut c = greeted().await;
+    let since = std::time::Instant::now();
+    c.write_all(b"F").await.unwrap();
+    let mut rest = Vec::new();
+    c.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty());
+    let took = connections_gone(&lb, since, Duration::from_secs(10)).await;
+    assert!(took >= half, "closed after {took:?}");
+    assert_eq!(timed_out("half_closed").await, 2.0);
+    drop(c);
+
+    // Moving every 500 ms for three seconds (longer than the idle timeout): kept.
+    let mut c = greeted().await;
+    let mut since = std::time::Instant::now();
+    for _ in 0..6 {
+        since = std::time::Instant::now();
+        c.write_all(b"x").await.unwrap();
+        let mut echo = [0u8; 1];
+        c.read_exact(&mut echo).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(lb.status().await["client_connections"], 1);
+    // Then quiet: closed an idle timeout after the last byte.
+    let took = connections_gone(&lb, since, Duration::from_secs(10)).await;
+    assert!(took >= idle, "closed after {took:?}");
+    assert_eq!(timed_out("idle").await, 1.0);
+    assert_eq!(timed_out("half_closed").await, 2.0);
+}
+
+/// Out of descriptors, the admin endpoint cannot accept: it retries with a growing backoff,
+/// logs that once (it logged every 100 ms), counts every failure, and serves the client
+/// that waited in its queue as soon as descriptors are free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_out_of_descriptors_backs_off_logs_once_and_recovers() {
+    let pki = Pki::new();
+    let s = Standin::start(&pki, [127, 0, 0, 2], "cp1");
+    let lb = Apilb::start(&pki, &[&s], &[]);
+    lb.wait_all_ready(&[&s]);
+    // Not one free descriptor (the soft limit only: raising it back needs no privilege).
+    let mut before = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    assert_eq!(
+        unsafe { libc::prlimit(lb.pid(), libc::RLIMIT_NOFILE, std::ptr::null(), &mut before) },
+        0
+    );
+    // Below every descriptor it holds beyond stdio: the ones open stay open, no new one
+    // can be made (counting the open ones would not do: a transient one closing leaves a
+    // free number below the limit).
+    let none_free = libc::rlimit {
+        rlim_cur: 3,
+        rlim_max: before.rlim_max,
+    };
+    assert_eq!(
+        unsafe {
+            libc::prlimit(
+                lb.pid(),
+                libc::RLIMIT_NOFILE,
+                &none_free,
+                std::ptr::null_mut(),
+            )
+        },
+        0
+    );
+    let mark = lb.mark();
+    // The kernel completes this client's handshake; apilb cannot accept it yet.
+    let admin = lb.admin;
+    let waiting = tokio::spawn(async move {
+        let mut c = TcpStream::connect(admin).await.unwrap();
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        let _ = c.read_to_end(&mut out).await;
+        parse_response(&out).0
+    });
+    let hit = lb.wait_log_from(mark, Duration::from_secs(10), |v| {
+        v["message"] == "admin accept failed"
+    });
+    assert!(hit.to_string().contains("Too many open files"), "{hit}");
+    // An observation window (what is asserted is an absence): retries go on meanwhile,
+    // at most one line is logged.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let lines = lb.logs()[mark..]
+        .iter()
+        .filter(|v| v["message"] == "admin accept failed")
+        .count();
+    assert_eq!(lines, 1, "admin accept failures logged {lines} times");
+    // Descriptors back: the client that waited is served.
+    assert_eq!(
+        unsafe { libc::prlimit(lb.pid(), libc::RLIMIT_NOFILE, &before, std::ptr::null_mut()) },
+        0
+    );
+    let code = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the waiting admin client was never served")
+        .unwrap();
+    assert_eq!(code, 200);
+    let failures = lb
+        .metric("apilb_accept_errors_total", &["listener=\"admin\""])
+        .await;
+    assert!(failures >= 2.0, "{failures} failed accepts counted");
+}
+
+/// `GET path` on a new connection to `admin`: the raw answer (empty if it was closed or
+/// reset without one — a reset can come before the connect has returned).
+async fn admin_raw(admin: std::net::SocketAddr, path: &str) -> Vec<u8> {
+    let Ok(mut c) = TcpStream::connect(admin).await else {
+        return Vec::new();
+    };
+    let _ = c
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+    let mut out = Vec::new();
+    let _ = c.read_to_end(&mut out).await;
+    out
+}
+
+/// The admin endpoint holds at most 64 connections: more are closed at once, without an
+/// answer, and counted; a freed slot serves again. It runs on a thread of its own, so a
+/// flood of admin requests never competes with the health checks on the main thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoint_caps_its_connections_on_a_thread_of_its_own() {
+    let pki = Pki::new();
+    let s = Standin::start(&pki, [127, 0, 0, 2], "cp1");
+    let lb = Apilb::start(&pki, &[&s], &[]);
+    lb.wait_all_ready(&[&s]);
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", lb.pid()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|c| c.trim().to_string())
+        .collect();
+    assert!(threads.iter().any(|t| t == "apilb-admin"), "{threads:?}");
+
+    // 64 connections that say nothing (yet): each holds a slot.
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        held.push(TcpStream::connect(lb.admin).await.unwrap());
+    }
+    // The 65th is closed without an answer (the kernel's queue is first in, first out: it
+    // is accepted after the 64).
+    let answer = admin_raw(lb.admin, "/healthz").await;
+    assert!(
+        answer.is_empty(),
+        "served past the limit: {}",
+        String::from_utf8_lossy(&answer)
+    );
+    // A slot freed: served again, once apilb has seen that connection end.
+    drop(held.pop());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if parse_response(&admin_raw(lb.admin, "/healthz").await).0 == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no slot after a connection ended"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let rejected = lb
+        .metric("apilb_admin_connections_rejected_total", &[])
+        .await;
+    assert!(rejected >= 1.0, "{rejected}");
+    drop(held);
 }
