@@ -246,3 +246,64 @@ async fn a_latency_spike_on_every_path_resets_no_stream() {
         "healthy streams were closed"
     );
 }
+
+/// A server that completes TLS and hangs up at once (it said it is leaving) is dialled again
+/// after a pause of about a PING interval, not in a loop at handshake speed. A lower bound
+/// on time between failures: load can only make it longer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_hangs_up_after_tls_is_not_redialled_in_a_loop() {
+    use rustls::pki_types::pem::PemObject;
+    let pki = Pki::new();
+    let certs = rustls::pki_types::CertificateDer::pem_file_iter(&pki.cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&pki.key).unwrap();
+    let mut cfg = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg));
+    let l = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let a = acceptor.clone();
+            tokio::spawn(async move {
+                let _ = a.accept(s).await; // then dropped: hung up right after TLS
+            });
+        }
+    });
+    let lb = Apilb::start_args(
+        vec![
+            "--server".into(),
+            addr.to_string(),
+            "--ca-file".into(),
+            pki.ca.display().to_string(),
+        ],
+        None,
+    );
+    let failures = || lb.metric("apilb_health_failures_total", &[]);
+    let wait_for = |n: f64| async move {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while failures().await < n {
+            assert!(std::time::Instant::now() < deadline, "fewer than {n} checks");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        std::time::Instant::now()
+    };
+    let first = wait_for(1.0).await;
+    let third = wait_for(3.0).await;
+    assert!(
+        third - first >= Duration::from_millis(1500),
+        "three hang-ups within {:?}: re-dialled in a loop",
+        third - first
+    );
+    assert_eq!(lb.state_of(addr).await, "draining");
+    server.abort();
+}

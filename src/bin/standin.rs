@@ -563,16 +563,7 @@ fn route(req: Request<Incoming>, shared: &Shared, info: ConnInfo) -> Response<Re
             resp
         }
         "/bytes" => match query_param(query, "n").and_then(|s| s.parse::<u64>().ok()) {
-            Some(n) => {
-                let mut resp = Response::new(PatternBody::new(n).boxed());
-                let headers = resp.headers_mut();
-                headers.insert(
-                    header::CONTENT_TYPE,
-                    header::HeaderValue::from_static("application/octet-stream"),
-                );
-                headers.insert(header::CONTENT_LENGTH, header::HeaderValue::from(n));
-                resp
-            }
+            Some(n) => octets(PatternBody::new(n).boxed(), n),
             None => text(
                 StatusCode::BAD_REQUEST,
                 "n must be a non-negative integer\n",
@@ -608,15 +599,7 @@ fn route(req: Request<Incoming>, shared: &Shared, info: ConnInfo) -> Response<Re
             let ms = query_param(query, "ms").and_then(|s| s.parse::<u64>().ok());
             match (n, ms) {
                 (Some(n), Some(ms @ 0..=MAX_WATCH_INTERVAL_MS)) => {
-                    let mut resp =
-                        Response::new(SlowBody::new(n, Duration::from_millis(ms)).boxed());
-                    let headers = resp.headers_mut();
-                    headers.insert(
-                        header::CONTENT_TYPE,
-                        header::HeaderValue::from_static("application/octet-stream"),
-                    );
-                    headers.insert(header::CONTENT_LENGTH, header::HeaderValue::from(n));
-                    resp
+                    octets(SlowBody::new(n, Duration::from_millis(ms)).boxed(), n)
                 }
                 _ => text(
                     StatusCode::BAD_REQUEST,
@@ -652,6 +635,18 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<RespBody> {
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    resp
+}
+
+/// A binary answer of `len` bytes.
+fn octets(body: RespBody, len: u64) -> Response<RespBody> {
+    let mut resp = Response::new(body);
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/octet-stream"),
+    );
+    headers.insert(header::CONTENT_LENGTH, header::HeaderValue::from(len));
     resp
 }
 
