@@ -292,7 +292,10 @@ async fn a_server_that_hangs_up_after_tls_is_not_redialled_in_a_loop() {
     let wait_for = |n: f64| async move {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while failures().await < n {
-            assert!(std::time::Instant::now() < deadline, "fewer than {n} checks");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "fewer than {n} checks"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         std::time::Instant::now()
