@@ -262,22 +262,10 @@ fn exit_within(mut cmd: Command, timeout: Duration) -> (Option<i32>, String) {
 }
 
 fn run_args(listen: SocketAddr, admin: SocketAddr, s: &Standin, pki: &Pki) -> Vec<String> {
-    [
-        "run",
-        "--listen",
-        &listen.to_string(),
-        "--admin-listen",
-        &admin.to_string(),
-        "--server",
-        &s.addr.to_string(),
-        "--ca-file",
-        pki.ca.to_str().unwrap(),
-        "--log-format",
-        "json",
-    ]
-    .iter()
-    .map(|a| a.to_string())
-    .collect()
+    let mut args = base_args(admin, s, pki);
+    args.insert(1, "--listen".into());
+    args.insert(2, listen.to_string());
+    args
 }
 
 /// The listening sockets are exclusive: a second apilb (or anything else) on the same
