@@ -5,7 +5,7 @@
 mod common;
 
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -456,6 +456,8 @@ async fn out_of_descriptors_backs_off_keeps_serving_and_recovers() {
     let mut w1 = Watch::open(lb.listen, &pki).await;
     let mut w2 = Watch::open(lb.listen, &pki).await;
     let mark = lb.mark();
+    // Failures start after this instant: the rate limit below is judged from here.
+    let shortage_began = Instant::now();
     // A third client: the kernel completes its handshake, apilb cannot accept it yet.
     let addr = lb.listen;
     let pki2 = pki.share();
@@ -520,13 +522,19 @@ async fn out_of_descriptors_backs_off_keeps_serving_and_recovers() {
         }
     }
     assert_eq!(served.as_deref(), Some("cp1"));
-    // Rate-limited: at most one line, not one per retry.
+    // Rate-limited: one line per 5 s of shortage at most (the workers share the limit),
+    // not one per retry. The shortage lasted no longer than this test has run since it began.
     let lines = lb
         .logs()
         .iter()
         .filter(|v| v["message"] == "accept failed")
         .count();
-    assert!(lines <= 1, "{lines} accept-failure lines");
+    let allowed = 1 + (shortage_began.elapsed().as_secs() / 5) as usize;
+    assert!(
+        lines <= allowed,
+        "{lines} accept-failure lines in {:?}",
+        shortage_began.elapsed()
+    );
 }
 
 /// A server that never closes a connection (a hung process, a peer gone half away): it
@@ -564,7 +572,7 @@ async fn never_closing_server() -> std::net::SocketAddr {
 }
 
 /// Waits until apilb has no client connection; how long that took from `since`.
-async fn connections_gone(lb: &Apilb, since: std::time::Instant, within: Duration) -> Duration {
+async fn connections_gone(lb: &Apilb, since: Instant, within: Duration) -> Duration {
     loop {
         if lb.status().await["client_connections"] == 0 {
             return since.elapsed();
@@ -618,7 +626,7 @@ async fn half_closed_and_idle_connections_are_closed_after_their_timeouts() {
 
     // The client ends its side; the server never ends its own.
     let mut c = greeted().await;
-    let since = std::time::Instant::now();
+    let since = Instant::now();
     c.shutdown().await.unwrap();
     let took = connections_gone(&lb, since, Duration::from_secs(10)).await;
     assert!(took >= half, "closed after {took:?}");
@@ -626,7 +634,7 @@ async fn half_closed_and_idle_connections_are_closed_after_their_timeouts() {
 
     // The server ends its side; the client keeps its own open (and reads the EOF).
     let mut c = greeted().await;
-    let since = std::time::Instant::now();
+    let since = Instant::now();
     c.write_all(b"F").await.unwrap();
     let mut rest = Vec::new();
     c.read_to_end(&mut rest).await.unwrap();
@@ -638,9 +646,9 @@ async fn half_closed_and_idle_connections_are_closed_after_their_timeouts() {
 
     // Moving every 500 ms for three seconds (longer than the idle timeout): kept.
     let mut c = greeted().await;
-    let mut since = std::time::Instant::now();
+    let mut since = Instant::now();
     for _ in 0..6 {
-        since = std::time::Instant::now();
+        since = Instant::now();
         c.write_all(b"x").await.unwrap();
         let mut echo = [0u8; 1];
         c.read_exact(&mut echo).await.unwrap();
@@ -777,13 +785,13 @@ async fn admin_endpoint_caps_its_connections_on_a_thread_of_its_own() {
     );
     // A slot freed: served again, once apilb has seen that connection end.
     drop(held.pop());
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         if parse_response(&admin_raw(lb.admin, "/healthz").await).0 == 200 {
             break;
         }
         assert!(
-            std::time::Instant::now() < deadline,
+            Instant::now() < deadline,
             "no slot after a connection ended"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
