@@ -15,9 +15,10 @@ use tokio_util::sync::CancellationToken;
 use crate::backend::{Backend, State};
 use crate::cli::RunArgs;
 use crate::config::{self, HealthSettings, ServerSpec};
-use crate::kubeconfig::{self, ClusterSelector, Outcome, RewriteOptions};
+use crate::discovery;
 use crate::metrics::Metrics;
-use crate::{discovery, kubespray};
+use crate::node::kubeconfig::{self, ClusterSelector, Outcome, RewriteOptions};
+use crate::node::kubespray;
 
 /// The config file: parsed and validated as `apilb run --config` would, or an error that
 /// names the file.

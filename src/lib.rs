@@ -14,13 +14,9 @@ pub mod fuzzing;
 pub mod goaway;
 pub mod health;
 pub mod judge;
-pub mod kubeadm;
-pub mod kubeconfig;
-pub mod kubeconfig_cmd;
-pub mod kubespray;
 pub mod logging;
-pub mod manifest;
 pub mod metrics;
+pub mod node;
 pub mod notify;
 #[cfg(test)]
 mod properties;

@@ -11,7 +11,9 @@ use clap::Parser;
 
 use apilb::cli::{self, Cli, Command, KubeadmCommand};
 use apilb::config::{self, LogFormat};
-use apilb::{kubeadm, kubeconfig, kubeconfig_cmd, kubespray, logging, manifest, run, status, tls};
+use apilb::node::kubeconfig::{self, cmd as kubeconfig_cmd};
+use apilb::node::{kubeadm, kubespray, manifest};
+use apilb::{logging, run, status, tls};
 
 fn init_logging(format: LogFormat, level: &str) -> Result<(), String> {
     // A bare level applies to apilb; libraries stay at warn (their debug output is a

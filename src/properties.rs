@@ -7,7 +7,7 @@ use proptest::prelude::*;
 
 use crate::config::ServerSpec;
 use crate::discovery;
-use crate::kubeconfig::{self, ClusterSelector, Outcome, RewriteOptions};
+use crate::node::kubeconfig::{self, ClusterSelector, Outcome, RewriteOptions};
 
 fn host() -> impl Strategy<Value = String> {
     prop_oneof![

@@ -20,7 +20,7 @@
 //!
 //! # What it must not do
 //!
-//! It reuses the `kubeconfig` module for the rewrite and `kubeconfig_cmd` for the
+//! It reuses the `kubeconfig` module for the rewrite and `kubeconfig::cmd` for the
 //! readiness wait; it has no YAML handling of its own. It never touches the kube-proxy
 //! ConfigMap (a cluster-wide object, changed once, not per node) and never runs kubeadm.
 //! A failed restart is reported with what was already changed, so the operator knows
@@ -32,7 +32,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 
 use crate::cli::PostJoinArgs;
-use crate::kubeconfig::{self, ClusterSelector, Outcome, RewriteOptions};
+use crate::node::kubeconfig::{self, ClusterSelector, Outcome, RewriteOptions};
 
 pub async fn post_join(a: &PostJoinArgs) -> anyhow::Result<()> {
     let path = &a.kubeconfig;
@@ -73,7 +73,7 @@ pub async fn post_join(a: &PostJoinArgs) -> anyhow::Result<()> {
     };
 
     let started = Instant::now();
-    crate::kubeconfig_cmd::wait_ready("post-join", &a.admin_url, a.timeout).await?;
+    crate::node::kubeconfig::cmd::wait_ready("post-join", &a.admin_url, a.timeout).await?;
     println!(
         "apilb at {} has a ready server (waited {:.1}s)",
         a.admin_url,

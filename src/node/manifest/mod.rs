@@ -4,7 +4,7 @@
 //!
 //! # What this module owns
 //!
-//! * Turning the manifest flags (or, with `--from-kubespray`, what [`crate::kubespray`]
+//! * Turning the manifest flags (or, with `--from-kubespray`, what [`crate::node::kubespray`]
 //!   read from the node's nginx-proxy or HAProxy config) into `apilb run` arguments. The
 //!   values are validated by [`crate::config::resolve`], the same code `apilb run` uses, so
 //!   a rendered manifest never holds arguments `apilb run` would refuse.
@@ -50,7 +50,7 @@ use yaml_serde::{Mapping, Value};
 
 use crate::cli::{ManifestArgs, RunArgs};
 use crate::config::{self, ConfigError, FileConfig, ServerSpec};
-use crate::kubespray::{self, KubesprayError, LocalProxy};
+use crate::node::kubespray::{self, KubesprayError, LocalProxy};
 
 /// The example image reference errors and help show.
 pub const EXAMPLE_IMAGE: &str = concat!("registry.example.com/apilb:", env!("CARGO_PKG_VERSION"));
@@ -666,7 +666,7 @@ pub fn static_pod(plan: &Plan, command: &str) -> String {
         command,
     )
     .replace("ADMIN", &plan.admin_listen.to_string());
-    out.push_str(&crate::kubeconfig::emit_yaml(&pod));
+    out.push_str(&crate::node::kubeconfig::emit_yaml(&pod));
     out
 }
 

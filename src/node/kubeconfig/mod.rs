@@ -77,6 +77,8 @@
 //! the others; a file without any record gives [`Outcome::Unchanged`] ("nothing to
 //! restore"), not an error.
 
+pub mod cmd;
+
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -1677,57 +1679,59 @@ mod tests {
         vec![
             (
                 "kubeadm-kubelet",
-                include_str!("../tests/data/kubeconfig/kubeadm-kubelet.yaml"),
-                include_str!("../tests/data/kubeconfig/kubeadm-kubelet.rewritten.yaml"),
+                include_str!("../../../tests/data/kubeconfig/kubeadm-kubelet.yaml"),
+                include_str!("../../../tests/data/kubeconfig/kubeadm-kubelet.rewritten.yaml"),
                 Mode::Plain(def()),
             ),
             (
                 "kubeadm-kubelet-dns",
-                include_str!("../tests/data/kubeconfig/kubeadm-kubelet-dns.yaml"),
-                include_str!("../tests/data/kubeconfig/kubeadm-kubelet-dns.rewritten.yaml"),
+                include_str!("../../../tests/data/kubeconfig/kubeadm-kubelet-dns.yaml"),
+                include_str!("../../../tests/data/kubeconfig/kubeadm-kubelet-dns.rewritten.yaml"),
                 Mode::Plain(def()),
             ),
             (
                 "kubespray-kubelet",
-                include_str!("../tests/data/kubeconfig/kubespray-kubelet.yaml"),
-                include_str!("../tests/data/kubeconfig/kubespray-kubelet.rewritten.yaml"),
+                include_str!("../../../tests/data/kubeconfig/kubespray-kubelet.yaml"),
+                include_str!("../../../tests/data/kubeconfig/kubespray-kubelet.rewritten.yaml"),
                 Mode::Plain(def()),
             ),
             (
                 "kubespray-kube-proxy",
-                include_str!("../tests/data/kubeconfig/kubespray-kube-proxy.yaml"),
-                include_str!("../tests/data/kubeconfig/kubespray-kube-proxy.rewritten.yaml"),
+                include_str!("../../../tests/data/kubeconfig/kubespray-kube-proxy.yaml"),
+                include_str!("../../../tests/data/kubeconfig/kubespray-kube-proxy.rewritten.yaml"),
                 Mode::Plain(def()),
             ),
             (
                 "k3s-agent-kubelet",
-                include_str!("../tests/data/kubeconfig/k3s-agent-kubelet.yaml"),
-                include_str!("../tests/data/kubeconfig/k3s-agent-kubelet.rewritten.yaml"),
+                include_str!("../../../tests/data/kubeconfig/k3s-agent-kubelet.yaml"),
+                include_str!("../../../tests/data/kubeconfig/k3s-agent-kubelet.rewritten.yaml"),
                 Mode::Plain(def()),
             ),
             (
                 "ipv6-kubelet",
-                include_str!("../tests/data/kubeconfig/ipv6-kubelet.yaml"),
-                include_str!("../tests/data/kubeconfig/ipv6-kubelet.rewritten.yaml"),
+                include_str!("../../../tests/data/kubeconfig/ipv6-kubelet.yaml"),
+                include_str!("../../../tests/data/kubeconfig/ipv6-kubelet.rewritten.yaml"),
                 Mode::Plain(def()),
             ),
             (
                 "multi-cluster",
-                include_str!("../tests/data/kubeconfig/multi-cluster.yaml"),
-                include_str!("../tests/data/kubeconfig/multi-cluster.rewritten.yaml"),
+                include_str!("../../../tests/data/kubeconfig/multi-cluster.yaml"),
+                include_str!("../../../tests/data/kubeconfig/multi-cluster.rewritten.yaml"),
                 Mode::Plain(def()),
             ),
             (
                 "multi-cluster.all-clusters",
-                include_str!("../tests/data/kubeconfig/multi-cluster.yaml"),
-                include_str!("../tests/data/kubeconfig/multi-cluster.all-clusters.rewritten.yaml"),
+                include_str!("../../../tests/data/kubeconfig/multi-cluster.yaml"),
+                include_str!(
+                    "../../../tests/data/kubeconfig/multi-cluster.all-clusters.rewritten.yaml"
+                ),
                 Mode::Plain(all()),
             ),
             (
                 "kubeadm-kube-proxy-configmap",
-                include_str!("../tests/data/kubeconfig/kubeadm-kube-proxy-configmap.yaml"),
+                include_str!("../../../tests/data/kubeconfig/kubeadm-kube-proxy-configmap.yaml"),
                 include_str!(
-                    "../tests/data/kubeconfig/kubeadm-kube-proxy-configmap.rewritten.yaml"
+                    "../../../tests/data/kubeconfig/kubeadm-kube-proxy-configmap.rewritten.yaml"
                 ),
                 Mode::ConfigMap(DEFAULT_CONFIGMAP_KEY, def()),
             ),
@@ -1769,15 +1773,7 @@ mod tests {
     }
 
     fn golden_dir() -> PathBuf {
-        // file!() is "src/kubeconfig.rs" in the main crate and absolute when the
-        // module is built from elsewhere via #[path]; join handles both.
-        let me = Path::new(file!());
-        let me = if me.is_absolute() {
-            me.to_path_buf()
-        } else {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join(me)
-        };
-        me.parent().unwrap().join("../tests/data/kubeconfig")
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/kubeconfig")
     }
 
     /// Compares with the goldens; `APILB_UPDATE_GOLDENS=1` rewrites them instead
@@ -1838,7 +1834,7 @@ mod tests {
 
     #[test]
     fn restore_keeps_key_order() {
-        let input = include_str!("../tests/data/kubeconfig/kubeadm-kubelet.yaml");
+        let input = include_str!("../../../tests/data/kubeconfig/kubeadm-kubelet.yaml");
         let (once, _) = changed(rewrite(input, "f", &RewriteOptions::default()).unwrap());
         let (back, _) = changed(restore(&once, "f", &ClusterSelector::All).unwrap());
         let again = emit_yaml(&yaml(input));
@@ -2086,7 +2082,7 @@ kind: Config
 
     #[test]
     fn named_and_all_selectors() {
-        let input = include_str!("../tests/data/kubeconfig/multi-cluster.yaml");
+        let input = include_str!("../../../tests/data/kubeconfig/multi-cluster.yaml");
         let opts = RewriteOptions {
             clusters: ClusterSelector::Named("staging".into()),
             ..RewriteOptions::default()
@@ -2102,7 +2098,8 @@ kind: Config
 
     #[test]
     fn configmap_drops_server_metadata_and_keeps_other_data() {
-        let input = include_str!("../tests/data/kubeconfig/kubeadm-kube-proxy-configmap.yaml");
+        let input =
+            include_str!("../../../tests/data/kubeconfig/kubeadm-kube-proxy-configmap.yaml");
         let (text, changes) = changed(
             rewrite_configmap(
                 input,
@@ -2176,7 +2173,7 @@ kind: Config
         ));
         assert!(matches!(e, KubeconfigError::Malformed { .. }), "{e:?}");
         assert!(e.to_string().contains("clusters[0].name"), "{e}");
-        let cm = include_str!("../tests/data/kubeconfig/kubeadm-kube-proxy-configmap.yaml");
+        let cm = include_str!("../../../tests/data/kubeconfig/kubeadm-kube-proxy-configmap.yaml");
         let e = err(rewrite(cm, "cm.yaml", &RewriteOptions::default()));
         assert!(e.to_string().contains("--configmap-key"), "{e}");
     }
@@ -2226,7 +2223,7 @@ kind: Config
 
     #[test]
     fn error_cluster_not_found_lists_names() {
-        let input = include_str!("../tests/data/kubeconfig/multi-cluster.yaml");
+        let input = include_str!("../../../tests/data/kubeconfig/multi-cluster.yaml");
         let opts = RewriteOptions {
             clusters: ClusterSelector::Named("nope".into()),
             ..RewriteOptions::default()
@@ -2311,7 +2308,7 @@ kind: Config
 
     #[test]
     fn error_configmap_without_key() {
-        let cm = include_str!("../tests/data/kubeconfig/kubeadm-kube-proxy-configmap.yaml");
+        let cm = include_str!("../../../tests/data/kubeconfig/kubeadm-kube-proxy-configmap.yaml");
         let e = err(rewrite_configmap(
             cm,
             "cm.yaml",
@@ -2773,7 +2770,7 @@ kind: Config
     #[test]
     fn diff_applies_with_patch_semantics() {
         // Applying the hunks' - and + lines in order reconstructs both sides.
-        let input = include_str!("../tests/data/kubeconfig/multi-cluster.yaml");
+        let input = include_str!("../../../tests/data/kubeconfig/multi-cluster.yaml");
         let all = RewriteOptions {
             clusters: ClusterSelector::All,
             ..RewriteOptions::default()

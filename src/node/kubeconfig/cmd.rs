@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use crate::cli::{KubeconfigCommand, KubeconfigRestoreArgs, KubeconfigRewriteArgs};
-use crate::kubeconfig::{self, ClusterSelector, Outcome, RewriteOptions};
+use crate::node::kubeconfig::{self, ClusterSelector, Outcome, RewriteOptions};
 
 fn read_input(file: &Path) -> anyhow::Result<(String, String)> {
     if file == Path::new("-") {
