@@ -266,7 +266,7 @@ fn save_state(dir: &Path, servers: &[ServerSpec]) -> Result<(), String> {
     };
     let body = serde_json::to_vec_pretty(&st).map_err(|e| e.to_string())?;
     // New files get mode 0600; the write is atomic (temp file, fsync, rename, fsync dir).
-    crate::node::kubeconfig::write_atomic(&dir.join(STATE_FILE), &body).map_err(|e| e.to_string())
+    crate::util::atomic_file::write_atomic(&dir.join(STATE_FILE), &body).map_err(|e| e.to_string())
 }
 
 // ----- credentials -----

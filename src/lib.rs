@@ -25,4 +25,5 @@ pub mod run;
 pub mod socket;
 pub mod status;
 pub mod tls;
+pub mod util;
 pub mod workers;

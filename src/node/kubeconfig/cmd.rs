@@ -74,7 +74,7 @@ fn finish(
             }
             if dry_run {
                 std::io::stdout()
-                    .write_all(kubeconfig::unified_diff(source, old, &text).as_bytes())?;
+                    .write_all(crate::util::diff::unified_diff(source, old, &text).as_bytes())?;
             } else if to_stdout {
                 std::io::stdout().write_all(text.as_bytes())?;
             } else {

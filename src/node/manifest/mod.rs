@@ -666,7 +666,7 @@ pub fn static_pod(plan: &Plan, command: &str) -> String {
         command,
     )
     .replace("ADMIN", &plan.admin_listen.to_string());
-    out.push_str(&crate::node::kubeconfig::emit_yaml(&pod));
+    out.push_str(&crate::util::yaml::emit_yaml(&pod));
     out
 }
 
