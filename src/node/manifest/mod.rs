@@ -46,8 +46,6 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use yaml_serde::Value;
-
 use crate::cli::{ManifestArgs, RunArgs};
 use crate::config::{self, ConfigError, FileConfig, ServerSpec};
 use crate::node::kubespray::{self, KubesprayError, LocalProxy};
@@ -474,7 +472,6 @@ fn run_args<'p>(
 }
 
 /// The lines that open either output: what it is, how it was rendered, from what.
-
 fn header(plan: &Plan, what: &[&str], command: &str) -> String {
     let mut out = String::new();
     for line in what {

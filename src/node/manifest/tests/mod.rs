@@ -5,6 +5,7 @@ mod static_pod;
 mod units;
 
 pub(super) use super::*;
+pub(super) use yaml_serde::Value;
 
 use clap::Parser;
 
