@@ -10,6 +10,7 @@ pub mod config;
 pub mod connect;
 pub mod copy;
 pub mod discovery;
+#[cfg(feature = "testing")]
 pub mod fuzzing;
 pub mod goaway;
 pub mod health;

@@ -93,6 +93,7 @@ use std::path::{Path, PathBuf};
 use crate::util::atomic_file::{self, AtomicFileError};
 use cluster::*;
 pub use configmap::{restore_configmap, rewrite_configmap};
+#[cfg(feature = "testing")]
 pub(crate) use document::normalize_yaml11_bools;
 use document::*;
 use record::*;
