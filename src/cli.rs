@@ -415,4 +415,8 @@ pub struct PostJoinArgs {
     /// Do not restart kubelet (it reads kubelet.conf only when it starts).
     #[arg(long)]
     pub no_restart: bool,
+    /// Print the change to kubelet.conf as a diff; wait for nothing, write nothing, restart
+    /// nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }

@@ -808,3 +808,148 @@ fn kubeadm_post_join_leaves_everything_alone_when_apilb_is_not_ready_or_input_is
     assert!(text(&out.stderr).contains("not a kubeconfig"));
     assert_eq!(node.calls(), "");
 }
+
+#[test]
+fn kubeadm_post_join_dry_run_changes_nothing_and_shows_the_diff() {
+    let pki = Pki::new();
+    let node = Node::new(&pki, "https://10.0.0.10:6443");
+    let original = node.read_conf();
+    let restart = node.restart_command();
+    // Nothing listens on the admin URL: a dry run does not wait for apilb either.
+    let out = node.post_join(&[
+        "--dry-run",
+        "--admin-url",
+        "http://127.0.0.1:1",
+        "--timeout",
+        "30s",
+        "--restart-command",
+        &restart,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let said = text(&out.stdout);
+    assert!(
+        said.contains("-    server: https://10.0.0.10:6443"),
+        "{said}"
+    );
+    assert!(
+        said.contains("+    server: https://127.0.0.1:6443"),
+        "{said}"
+    );
+    assert_eq!(node.read_conf(), original);
+    assert_eq!(node.calls(), "", "kubelet not restarted");
+    assert!(!node
+        .dir
+        .path()
+        .join("etc/kubernetes/kubelet.conf.apilb-backup")
+        .exists());
+}
+
+/// A missing file is bad input, exit code 2, for every command that reads a kubeconfig.
+#[test]
+fn a_missing_kubeconfig_is_exit_code_2_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.conf");
+    let m = missing.to_str().unwrap();
+    for args in [
+        vec!["kubeconfig", "rewrite", m],
+        vec!["kubeconfig", "restore", m],
+        vec!["kubeadm", "post-join", "--kubeconfig", m, "--no-restart"],
+    ] {
+        let out = apilb(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        let err = text(&out.stderr);
+        assert!(err.contains(m), "{args:?}: {err}");
+        assert_eq!(err.matches("No such file").count(), 1, "{args:?}: {err}");
+    }
+}
+
+/// A read-only tmpfs mounted for the test, unmounted when dropped.
+struct ReadOnlyMount(tempfile::TempDir);
+
+impl ReadOnlyMount {
+    fn with_file(name: &str, content: &str) -> ReadOnlyMount {
+        let dir = tempfile::tempdir().unwrap();
+        let run = |args: &[&str]| {
+            let st = Command::new("mount").args(args).status().unwrap();
+            assert!(st.success(), "mount {args:?} failed: this test needs root");
+        };
+        let d = dir.path().to_str().unwrap().to_string();
+        let d = d.as_str();
+        run(&["-t", "tmpfs", "-o", "size=1m", "tmpfs", d]);
+        let m = ReadOnlyMount(dir);
+        std::fs::write(m.0.path().join(name), content).unwrap();
+        run(&["-o", "remount,ro", d]);
+        m
+    }
+}
+
+impl Drop for ReadOnlyMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
+/// A write that fails names the file the user gave (not the hidden temp file), says the
+/// error once and what to do, leaves the file as it was, and is exit code 1: the input
+/// was fine.
+#[test]
+fn a_kubeconfig_that_cannot_be_written_names_the_file_and_the_fix() {
+    let pki = Pki::new();
+    let node = Node::new(&pki, "https://10.0.0.10:6443");
+    let original = node.read_conf();
+    let ro = ReadOnlyMount::with_file("kubelet.conf", &original);
+    let conf = ro.0.path().join("kubelet.conf");
+    let c = conf.to_str().unwrap();
+    for args in [
+        vec!["kubeconfig", "rewrite", c],
+        vec!["kubeconfig", "rewrite", "--backup", c],
+    ] {
+        let out = apilb(&args);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        let line = err
+            .lines()
+            .find(|l| l.contains("error"))
+            .unwrap_or_else(|| panic!("{args:?}: no error line in {err}"));
+        // The file itself, or its backup beside it when --backup is written first.
+        assert!(
+            line.contains(&format!("{c}: cannot"))
+                || line.contains(&format!("{c}.apilb-backup: cannot")),
+            "{line}"
+        );
+        assert!(!line.contains("apilb-tmp"), "names the temp file: {line}");
+        assert_eq!(line.matches("Read-only file system").count(), 1, "{line}");
+        assert!(line.contains("remount it read-write"), "{line}");
+        assert_eq!(std::fs::read_to_string(&conf).unwrap(), original);
+    }
+}
+
+/// `--backup` twice over different contents keeps both originals.
+#[test]
+fn kubeconfig_backup_never_overwrites_an_older_different_backup() {
+    let pki = Pki::new();
+    let node = Node::new(&pki, "https://10.0.0.10:6443");
+    let conf = node.kubelet_conf();
+    let c = conf.to_str().unwrap();
+    let first = node.read_conf();
+    let out = apilb(&["kubeconfig", "rewrite", "--backup", c]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // The node is joined again elsewhere: a new kubelet.conf, rewritten with --backup again.
+    let second = first.replace("10.0.0.10", "10.0.0.20");
+    std::fs::write(&conf, &second).unwrap();
+    let out = apilb(&["kubeconfig", "rewrite", "--backup", c]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let backups: Vec<String> = std::fs::read_dir(conf.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains(".apilb-backup"))
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    assert_eq!(backups.len(), 2, "{backups:?}");
+    assert!(backups.contains(&first) && backups.contains(&second));
+}

@@ -9,11 +9,14 @@
 //!    if it already points at apilb, say so and stop: no wait, no write, no restart;
 //! 2. wait until the local apilb reports a ready server (its admin `/readyz`), so the
 //!    kubelet is never pointed at a proxy with nothing behind it;
-//! 3. keep a backup (`kubelet.conf.apilb-backup`) and rewrite kubelet.conf atomically
+//! 3. keep a backup (`kubelet.conf.apilb-backup`; an older, different one is moved to
+//!    `kubelet.conf.apilb-backup.UNIXTIME`, never overwritten) and rewrite kubelet.conf atomically
 //!    (server → `https://127.0.0.1:6443`, `tls-server-name` → the original host, the
 //!    original recorded for `apilb kubeconfig restore`);
 //! 4. restart the kubelet with the configured command (`sh -c`), since the kubelet reads
 //!    its kubeconfig only at start.
+//!
+//! With `--dry-run` it stops after step 1 and prints the change as a diff.
 //!
 //! It prints each thing it did on standard output, and the once-per-cluster kube-proxy
 //! step as a reminder.
@@ -72,6 +75,18 @@ pub async fn post_join(a: &PostJoinArgs) -> anyhow::Result<()> {
         Outcome::Changed { text, changes } => (text, changes),
     };
 
+    if a.dry_run {
+        for c in &changes {
+            println!("{source}: {c}");
+        }
+        print!(
+            "{}",
+            crate::util::diff::unified_diff(&source, &text, &new_text)
+        );
+        println!("dry run: {source} not written, kubelet not restarted");
+        return Ok(());
+    }
+
     let started = Instant::now();
     crate::node::kubeconfig::cmd::wait_ready("post-join", &a.admin_url, a.timeout).await?;
     println!(
@@ -81,7 +96,13 @@ pub async fn post_join(a: &PostJoinArgs) -> anyhow::Result<()> {
     );
 
     let backup = kubeconfig::backup(path)?;
-    println!("{source}: original kept as {}", backup.display());
+    if let Some(older) = &backup.previous {
+        println!(
+            "{source}: an older, different backup moved to {}",
+            older.display()
+        );
+    }
+    println!("{source}: original kept as {}", backup.path.display());
     kubeconfig::write_atomic(path, new_text.as_bytes())?;
     for c in &changes {
         println!("{source}: {c}");

@@ -10,14 +10,35 @@ use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-/// A failed file system step: the path, what was being done, and the OS error.
+/// A failed file system step: the file the caller named (never the hidden temp file), what
+/// was being done, the OS error once, and what to do about it.
 #[derive(Debug, thiserror::Error)]
-#[error("{}: {op}: {err}", path.display())]
+#[error("{}: cannot {op}: {err}{}", path.display(), fix(err))]
 pub struct AtomicFileError {
     pub path: PathBuf,
     pub op: &'static str,
-    #[source]
     pub err: io::Error,
+}
+
+/// What the operator can do about an OS error, when there is something to say.
+fn fix(err: &io::Error) -> &'static str {
+    match err.raw_os_error() {
+        Some(libc::EACCES | libc::EPERM) => {
+            "; run as root (or as the file's owner), and check the directory's permissions \
+             and attributes (lsattr)"
+        }
+        Some(libc::EROFS) => "; the file system is read-only: remount it read-write",
+        Some(libc::ENOSPC | libc::EDQUOT) => "; free space on its file system",
+        _ => "",
+    }
+}
+
+/// A backup made by [`backup`]: where the copy is, and where an older, different copy that
+/// was there before was moved (never overwritten).
+#[derive(Debug)]
+pub struct Backup {
+    pub path: PathBuf,
+    pub previous: Option<PathBuf>,
 }
 
 /// Replaces `path` with `bytes` atomically: a temp file `.NAME.apilb-tmp-PID` is
@@ -35,16 +56,41 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), AtomicFileError> {
     write_atomic_with(&target, bytes, owner, &|_| Ok(()))
 }
 
-/// Copies `path` to `path` + `suffix` (atomically, with the same mode and owner) and
-/// returns the copy's path. An older copy is replaced.
-pub fn backup(path: &Path, suffix: &str) -> Result<PathBuf, AtomicFileError> {
+/// Copies `path` to `path` + `suffix` (atomically, with the same mode and owner). An older
+/// copy with the same content is kept as it is; one with other content is first moved to
+/// `path` + `suffix` + `.UNIXTIME`, never overwritten.
+pub fn backup(path: &Path, suffix: &str) -> Result<Backup, AtomicFileError> {
     let meta = fs::metadata(path).map_err(|e| io_err(path, "read metadata", e))?;
     let bytes = fs::read(path).map_err(|e| io_err(path, "read", e))?;
     let mut name = OsString::from(path.as_os_str());
     name.push(suffix);
     let dest = PathBuf::from(name);
+    let previous = match fs::read(&dest) {
+        Ok(old) if old == bytes => {
+            return Ok(Backup {
+                path: dest,
+                previous: None,
+            })
+        }
+        Ok(_) => {
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let mut aside = OsString::from(dest.as_os_str());
+            aside.push(format!(".{secs}"));
+            let aside = PathBuf::from(aside);
+            fs::rename(&dest, &aside)
+                .map_err(|e| io_err(&dest, "move the older backup aside", e))?;
+            Some(aside)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io_err(&dest, "read the older backup", e)),
+    };
     write_atomic_with(&dest, &bytes, Some(Owner::of(&meta)), &|_| Ok(()))?;
-    Ok(dest)
+    Ok(Backup {
+        path: dest,
+        previous,
+    })
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -121,7 +167,8 @@ pub(crate) fn write_atomic_with(
     before_rename: &dyn Fn(&Path) -> io::Result<()>,
 ) -> Result<(), AtomicFileError> {
     let tmp = temp_path(target)?;
-    let mut file = open_exclusive(&tmp).map_err(|e| io_err(&tmp, "create temp file", e))?;
+    let mut file =
+        open_exclusive(&tmp).map_err(|e| io_err(target, "create a temp file beside it", e))?;
     let result = (|| -> Result<(), AtomicFileError> {
         // A new file (no original) keeps our uid/gid and gets 0600: kubeconfigs hold
         // credentials.
@@ -129,20 +176,21 @@ pub(crate) fn write_atomic_with(
         if let Some(owner) = owner {
             let meta = file
                 .metadata()
-                .map_err(|e| io_err(&tmp, "read metadata", e))?;
+                .map_err(|e| io_err(target, "read the temp file's metadata", e))?;
             if meta.uid() != owner.uid || meta.gid() != owner.gid {
                 std::os::unix::fs::fchown(&file, Some(owner.uid), Some(owner.gid))
-                    .map_err(|e| io_err(&tmp, "copy owner", e))?;
+                    .map_err(|e| io_err(target, "give the temp file its owner", e))?;
             }
         }
         // After fchown, which may clear set-id bits.
         file.set_permissions(fs::Permissions::from_mode(mode))
-            .map_err(|e| io_err(&tmp, "copy mode", e))?;
+            .map_err(|e| io_err(target, "give the temp file its mode", e))?;
         file.write_all(bytes)
-            .map_err(|e| io_err(&tmp, "write", e))?;
-        file.sync_all().map_err(|e| io_err(&tmp, "fsync", e))?;
-        before_rename(&tmp).map_err(|e| io_err(&tmp, "prepare rename", e))?;
-        fs::rename(&tmp, target).map_err(|e| io_err(target, "rename temp file over", e))
+            .map_err(|e| io_err(target, "write the temp file", e))?;
+        file.sync_all()
+            .map_err(|e| io_err(target, "fsync the temp file", e))?;
+        before_rename(&tmp).map_err(|e| io_err(target, "prepare the rename", e))?;
+        fs::rename(&tmp, target).map_err(|e| io_err(target, "rename the temp file over it", e))
     })();
     drop(file);
     if let Err(err) = result {
@@ -218,7 +266,7 @@ mod tests {
         write_atomic(&path, b"new").unwrap();
         let meta = fs::metadata(&path).unwrap();
         assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
-        let b = backup(&path, ".apilb-backup").unwrap();
+        let b = backup(&path, ".apilb-backup").unwrap().path;
         let meta = fs::metadata(&b).unwrap();
         assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
     }
@@ -244,7 +292,7 @@ mod tests {
         fs::create_dir(&target).unwrap();
         fs::write(target.join("keep"), "x").unwrap();
         let e = write_atomic(&target, b"new").unwrap_err();
-        assert!(e.op == "rename temp file over", "{e:?}");
+        assert!(e.op == "rename the temp file over it", "{e:?}");
         assert_eq!(fs::read_to_string(target.join("keep")).unwrap(), "x");
         assert!(leftovers(dir.path()).is_empty());
 
@@ -278,10 +326,46 @@ mod tests {
         fs::write(&path, "original").unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
         let b = backup(&path, ".apilb-backup").unwrap();
-        assert_eq!(b, dir.path().join("kubelet.conf.apilb-backup"));
-        assert_eq!(fs::read_to_string(&b).unwrap(), "original");
-        assert_eq!(mode_of(&b), 0o600);
+        assert_eq!(b.path, dir.path().join("kubelet.conf.apilb-backup"));
+        assert_eq!(b.previous, None);
+        assert_eq!(fs::read_to_string(&b.path).unwrap(), "original");
+        assert_eq!(mode_of(&b.path), 0o600);
         let e = backup(&dir.path().join("missing.conf"), ".apilb-backup").unwrap_err();
         assert_eq!(e.op, "read metadata", "{e:?}");
+    }
+
+    #[test]
+    fn backup_never_overwrites_a_different_older_backup() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kubelet.conf");
+        fs::write(&path, "first").unwrap();
+        let first = backup(&path, ".apilb-backup").unwrap();
+        // The same content again: the backup is kept as it is, nothing moved.
+        let again = backup(&path, ".apilb-backup").unwrap();
+        assert_eq!(again.previous, None);
+        // Other content: the older backup is moved aside, not lost.
+        fs::write(&path, "second").unwrap();
+        let b = backup(&path, ".apilb-backup").unwrap();
+        let aside = b.previous.expect("the older backup was moved aside");
+        assert_eq!(fs::read_to_string(&aside).unwrap(), "first");
+        assert_eq!(fs::read_to_string(&first.path).unwrap(), "second");
+    }
+
+    #[test]
+    fn errors_name_the_given_file_once_and_the_fix() {
+        let e = io_err(
+            Path::new("/etc/kubernetes/kubelet.conf"),
+            "create a temp file beside it",
+            io::Error::from_raw_os_error(libc::EROFS),
+        );
+        let text = e.to_string();
+        assert!(
+            text.starts_with("/etc/kubernetes/kubelet.conf: cannot create a temp file"),
+            "{text}"
+        );
+        assert_eq!(text.matches("Read-only file system").count(), 1, "{text}");
+        assert!(text.ends_with("remount it read-write"), "{text}");
+        // Nothing chained: anyhow's `{:#}` prints the same text.
+        assert_eq!(format!("{:#}", anyhow::Error::from(e)), text);
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use crate::cli::{KubeconfigCommand, KubeconfigRestoreArgs, KubeconfigRewriteArgs};
-use crate::node::kubeconfig::{self, ClusterSelector, Outcome, RewriteOptions};
+use crate::node::kubeconfig::{self, ClusterSelector, KubeconfigError, Outcome, RewriteOptions};
 
 fn read_input(file: &Path) -> anyhow::Result<(String, String)> {
     if file == Path::new("-") {
@@ -20,8 +20,11 @@ fn read_input(file: &Path) -> anyhow::Result<(String, String)> {
             .context("cannot read standard input")?;
         return Ok((s, "<stdin>".into()));
     }
-    let text = std::fs::read_to_string(file)
-        .with_context(|| format!("{}: cannot read the kubeconfig", file.display()))?;
+    let text = std::fs::read_to_string(file).map_err(|err| KubeconfigError::Io {
+        path: file.to_path_buf(),
+        op: "cannot read the kubeconfig",
+        err,
+    })?;
     Ok((text, file.display().to_string()))
 }
 
@@ -80,7 +83,10 @@ fn finish(
             } else {
                 if backup {
                     let b = kubeconfig::backup(file)?;
-                    eprintln!("{source}: original kept as {}", b.display());
+                    if let Some(older) = &b.previous {
+                        eprintln!("{source}: the older backup moved to {}", older.display());
+                    }
+                    eprintln!("{source}: original kept as {}", b.path.display());
                 }
                 kubeconfig::write_atomic(file, text.as_bytes())?;
                 eprintln!("{source}: written");

@@ -90,7 +90,7 @@ mod record;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::util::atomic_file::{self, AtomicFileError};
+use crate::util::atomic_file::{self, AtomicFileError, Backup};
 use cluster::*;
 pub use configmap::{restore_configmap, rewrite_configmap};
 #[cfg(feature = "testing")]
@@ -262,23 +262,14 @@ pub enum KubeconfigError {
         keys: Vec<String>,
     },
 
+    /// Reading the input failed (a missing or unreadable file is bad input: exit code 2).
+    /// Writing failures are [`AtomicFileError`]s instead: the input was fine.
     #[error("{}: {op}: {err}", path.display())]
     Io {
         path: PathBuf,
         op: &'static str,
-        #[source]
         err: io::Error,
     },
-}
-
-impl From<AtomicFileError> for KubeconfigError {
-    fn from(e: AtomicFileError) -> Self {
-        KubeconfigError::Io {
-            path: e.path,
-            op: e.op,
-            err: e.err,
-        }
-    }
 }
 
 fn list(names: &[String]) -> String {
@@ -341,14 +332,14 @@ pub fn restore(
 
 /// Replaces `path` with `bytes` atomically, keeping its mode and owner (see
 /// [`crate::util::atomic_file::write_atomic`]); the original is untouched on failure.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), KubeconfigError> {
-    Ok(atomic_file::write_atomic(path, bytes)?)
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), AtomicFileError> {
+    atomic_file::write_atomic(path, bytes)
 }
 
-/// Copies `path` to `<path>.apilb-backup` (atomically, with the same mode and owner)
-/// and returns the backup's path. An older backup is replaced.
-pub fn backup(path: &Path) -> Result<PathBuf, KubeconfigError> {
-    Ok(atomic_file::backup(path, BACKUP_SUFFIX)?)
+/// Copies `path` to `<path>.apilb-backup` (atomically, with the same mode and owner). An
+/// older backup with other content is moved to `<path>.apilb-backup.UNIXTIME` first.
+pub fn backup(path: &Path) -> Result<Backup, AtomicFileError> {
+    atomic_file::backup(path, BACKUP_SUFFIX)
 }
 
 #[cfg(test)]
