@@ -89,6 +89,11 @@ pub enum RejectReason {
     no_server,
     /// apilb itself ran out of descriptors or memory.
     local_resources,
+    /// No complete TLS ClientHello within `--client-hello-timeout` of the accept.
+    client_hello_timeout,
+    /// At `--max-connections`, the oldest connection that had not yet sent its ClientHello
+    /// was closed to make room for a new one.
+    evicted_silent,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
