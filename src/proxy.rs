@@ -159,7 +159,18 @@ impl Proxy {
                 Ok((client, peer)) => {
                     backoff = Duration::from_millis(5);
                     self.metrics.accepted.inc();
-                    if self.connections() >= self.max_connections && !self.silent.evict_oldest() {
+                    if self.connections() >= self.max_connections && self.silent.evict_oldest() {
+                        // Room made by closing a connection that has not spoken yet.
+                        self.metrics.reject(RejectReason::evicted_silent);
+                        self.logs.evicted.log(|suppressed| {
+                            tracing::warn!(
+                                limit = self.max_connections,
+                                suppressed,
+                                "connection limit reached; closing the oldest connection that \
+                                 has not sent its ClientHello"
+                            )
+                        });
+                    } else if self.connections() >= self.max_connections {
                         self.metrics.reject(RejectReason::connection_limit);
                         self.logs.connection_limit.log(|suppressed| {
                             tracing::warn!(
@@ -172,8 +183,11 @@ impl Proxy {
                         continue;
                     }
                     let me = self.clone();
+                    // Registered as silent here, not in the task: a flood is accepted faster
+                    // than its tasks first run, and each must be there to be evicted.
+                    let silent = self.silent.register();
                     self.tracker
-                        .spawn(async move { me.handle(client, peer).await });
+                        .spawn(async move { me.handle(client, peer, silent).await });
                 }
                 Err(e) => {
                     // EMFILE/ENFILE/ENOBUFS…: do not spin; the listener stays usable.
@@ -193,8 +207,12 @@ impl Proxy {
 
     /// Reads the client's first flight, connecting no server meanwhile. `None` if the
     /// connection ended (the client left, timed out, or was closed to make room).
-    async fn first_flight(&self, client: &TcpStream, peer: SocketAddr) -> Option<FirstFlight> {
-        let (id, evict) = self.silent.register();
+    async fn first_flight(
+        &self,
+        client: &TcpStream,
+        peer: SocketAddr,
+        (id, evict): (u64, CancellationToken),
+    ) -> Option<FirstFlight> {
         let _registered = SilentGuard {
             silent: &self.silent,
             id,
@@ -209,10 +227,7 @@ impl Proxy {
             let ready = tokio::select! {
                 r = client.readable() => r,
                 () = evict.cancelled() => {
-                    self.metrics.reject(RejectReason::evicted_silent);
-                    self.logs.evicted.log(|suppressed| tracing::warn!(client = %peer,
-                        limit = self.max_connections, suppressed,
-                        "connection limit reached; closing the oldest connection that has not spoken"));
+                    // Counted and logged where it was chosen (`serve`).
                     socket::reset_on_close(client);
                     return None;
                 }
@@ -277,10 +292,15 @@ impl Proxy {
         }
     }
 
-    pub(crate) async fn handle(self: Arc<Self>, mut client: TcpStream, peer: SocketAddr) {
+    pub(crate) async fn handle(
+        self: Arc<Self>,
+        mut client: TcpStream,
+        peer: SocketAddr,
+        silent: (u64, CancellationToken),
+    ) {
         socket::tune_client(&client);
         // Boxed, as the setting up below: neither stays in the task of a long-lived stream.
-        let Some(flight) = Box::pin(self.first_flight(&client, peer)).await else {
+        let Some(flight) = Box::pin(self.first_flight(&client, peer, silent)).await else {
             return;
         };
         let plan = balance::plan(&self.backends.snapshot());
@@ -408,7 +428,8 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let peer = c.local_addr().unwrap();
-        let fut = proxy.handle(c, peer);
+        let silent = proxy.silent.register();
+        let fut = proxy.handle(c, peer, silent);
         let size = std::mem::size_of_val(&fut);
         assert!(size < 640, "connection task is {size} bytes");
     }
