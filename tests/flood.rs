@@ -36,7 +36,10 @@ held = []
 for i in range(idle + stalled):
     s = socket.create_connection((host, port))
     if i >= idle:
-        s.sendall(partial)
+        try:
+            s.sendall(partial)
+        except OSError:
+            pass  # closed by apilb already (at its limit): still counted as held
     held.append(s)
 print("uid=%d held=%d" % (os.getuid(), len(held)), flush=True)
 sys.stdin.read()
@@ -141,16 +144,6 @@ async fn an_idle_and_stalled_flood_as_nobody_locks_no_speaking_client_out() {
         lb.metric("apilb_connections_accepted_total", &[]).await >= (idle + stalled) as f64
     })
     .await;
-    let evicted = lb
-        .metric(
-            "apilb_connections_rejected_total",
-            &["reason=\"evicted_silent\""],
-        )
-        .await;
-    assert!(
-        evicted >= (idle + stalled - 40) as f64,
-        "silent connections closed at the limit: {evicted}"
-    );
     // The stalled ones stay held (a first-byte timeout well past) and connected nothing.
     until(
         Duration::from_secs(10),
@@ -168,6 +161,16 @@ async fn an_idle_and_stalled_flood_as_nobody_locks_no_speaking_client_out() {
             .await
             .unwrap_or_else(|e| panic!("speaking client {i} locked out: {e}"));
     }
+    let evicted = lb
+        .metric(
+            "apilb_connections_rejected_total",
+            &["reason=\"evicted_silent\""],
+        )
+        .await;
+    assert!(
+        evicted >= (idle + stalled - 40) as f64,
+        "silent connections closed at the limit: {evicted}"
+    );
 
     assert_eq!(
         upstream_connects(&lb).await,
@@ -238,9 +241,12 @@ async fn a_flood_with_no_server_reachable_logs_a_bounded_number_of_lines() {
     );
     let mark = lb.mark();
     let one = || async {
-        let mut c = TcpStream::connect(lb.listen).await.unwrap();
-        // Not TLS: passed on at once.
-        c.write_all(b"x").await.unwrap();
+        // Closed by apilb at once: the connect itself may see the reset.
+        let Ok(mut c) = TcpStream::connect(lb.listen).await else {
+            return;
+        };
+        // Not TLS: passed on at once. (Closed by apilb at once, the write may fail.)
+        let _ = c.write_all(b"x").await;
         let mut buf = [0u8; 1];
         let _ = c.read(&mut buf).await;
     };
