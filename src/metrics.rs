@@ -225,7 +225,7 @@ impl Metrics {
             "health_failures",
             "Failed health observations, by server and cause: silence (ping_timeout, \
              connect_timeout, handshake_timeout, unreachable), leaving (goaway, closed, reset, \
-             refused), and tls, protocol, readyz_status, readyz_timeout",
+             refused), and tls, protocol, readyz_status, readyz_timeout, oversized",
             m.health_failures.clone(),
         );
         registry.register(
