@@ -6,14 +6,19 @@
 //!   delay starts a parallel attempt on the next one; the first to connect wins and the
 //!   others are dropped. A server whose connect failed is marked so that it gets no new
 //!   connections until a health check passes.
-//! * **First-byte racing.** A connected server is not yet committed. If the client has spoken
-//!   (its TLS ClientHello) and the server has not answered within the first-byte timeout,
+//! * **First-byte racing.** A connected server is not yet committed. The caller (`proxy`)
+//!   connects nothing before the client's first flight is in hand; if that is a complete
+//!   TLS ClientHello and the server has not answered within the first-byte timeout,
 //!   the client's bytes so far are replayed to a newly connected next server, and the first
 //!   server to answer wins, and the silent one gets no new connections until a health check
 //!   passes. Only bytes sent before any server byte are replayed, at most
 //!   `replay_limit` of them; past that the connection is pinned to the servers it has. This
 //!   saves connections that would go to a frozen apiserver (kernel accepts, process never
-//!   answers), which connect racing cannot see.
+//!   answers), which connect racing cannot see. Anything else (non-TLS bytes, a hello
+//!   larger than the replay limit) is pinned to the first server: silence after bytes a
+//!   server may legitimately wait on says nothing about the server.
+//!
+//! Every server marked failed here is marked with what failed (`PassiveFailure`).
 //!
 //! Every attempt counts against its server's active connections while it lives, so
 //! least-connections sees connections in progress too.
