@@ -292,31 +292,27 @@ impl Proxy {
         }
     }
 
-    pub(crate) async fn handle(
-        self: Arc<Self>,
-        mut client: TcpStream,
+    /// From the accept to a committed server: the client's first flight, then connect and
+    /// first-byte racing. `None` if the connection ended meanwhile (counted and logged).
+    async fn setup(
+        &self,
+        client: &TcpStream,
         peer: SocketAddr,
         silent: (u64, CancellationToken),
-    ) {
-        socket::tune_client(&client);
-        // Boxed, as the setting up below: neither stays in the task of a long-lived stream.
-        let Some(flight) = Box::pin(self.first_flight(&client, peer, silent)).await else {
-            return;
-        };
+    ) -> Option<connect::Established> {
+        let flight = self.first_flight(client, peer, silent).await?;
         let plan = balance::plan(&self.backends.snapshot());
         self.note_panic_mode(plan.panic);
-        // Boxed: setting up is the biggest state of a connection's life, and boxing it keeps
-        // it out of the task that then sits idle for hours on a watch.
-        let establishing = Box::pin(connect::establish(
-            &client,
+        let establishing = connect::establish(
+            client,
             flight.bytes,
             flight.complete_hello,
             plan.order,
             self.race,
             &self.metrics,
-        ));
-        let mut est = match establishing.await {
-            Ok(est) => est,
+        );
+        match establishing.await {
+            Ok(est) => Some(est),
             Err(e) => {
                 use connect::EstablishError as E;
                 match e {
@@ -336,9 +332,24 @@ impl Proxy {
                         });
                     }
                 }
-                socket::reset_on_close(&client);
-                return;
+                socket::reset_on_close(client);
+                None
             }
+        }
+    }
+
+    pub(crate) async fn handle(
+        self: Arc<Self>,
+        mut client: TcpStream,
+        peer: SocketAddr,
+        silent: (u64, CancellationToken),
+    ) {
+        socket::tune_client(&client);
+        // Boxed: setting up (the first flight, then connect and first-byte racing) is the
+        // biggest state of a connection's life, and boxing it keeps it out of the task that
+        // then sits idle for hours on a watch.
+        let Some(mut est) = Box::pin(self.setup(&client, peer, silent)).await else {
+            return;
         };
         let backend = est.upstream.backend().clone();
         tracing::debug!(client = %peer, server = %backend.name, "proxying");
