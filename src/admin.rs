@@ -9,7 +9,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Backend, Backends};
 use crate::discovery::{Discovery, DiscoveryStatus};
+use crate::log_limit::LogLimit;
 use crate::metrics::{Listener, Metrics};
 use crate::proxy::Proxy;
 
@@ -190,8 +191,8 @@ impl Admin {
     /// and logged at most every few seconds, as the proxy's accept loop does.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, stop: CancellationToken) {
         let mut backoff = ACCEPT_BACKOFF_MIN;
-        let mut last_log: Option<Instant> = None;
-        let mut last_full_log: Option<Instant> = None;
+        let accept_log = LogLimit::new(ACCEPT_LOG_EVERY);
+        let full_log = LogLimit::new(ACCEPT_LOG_EVERY);
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         loop {
             let accepted = tokio::select! {
@@ -205,10 +206,10 @@ impl Admin {
                 }
                 Err(e) => {
                     self.metrics.accept_error(Listener::admin);
-                    if last_log.is_none_or(|t| t.elapsed() >= ACCEPT_LOG_EVERY) {
-                        last_log = Some(Instant::now());
-                        tracing::warn!(error = %e, retry_in = ?backoff, "admin accept failed");
-                    }
+                    accept_log.log(|suppressed| {
+                        tracing::warn!(error = %e, retry_in = ?backoff, suppressed,
+                            "admin accept failed")
+                    });
                     tokio::select! {
                         () = stop.cancelled() => return,
                         () = tokio::time::sleep(backoff) => {}
@@ -222,13 +223,13 @@ impl Admin {
                 self.metrics.admin_rejected.inc();
                 let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
                 drop(stream);
-                if last_full_log.is_none_or(|t| t.elapsed() >= ACCEPT_LOG_EVERY) {
-                    last_full_log = Some(Instant::now());
+                full_log.log(|suppressed| {
                     tracing::warn!(
                         limit = MAX_CONNECTIONS,
+                        suppressed,
                         "admin endpoint at its connection limit; closing new connections"
                     );
-                }
+                });
                 continue;
             };
             let me = self.clone();

@@ -72,6 +72,39 @@ impl State {
     }
 }
 
+/// What a client connection saw a server fail at (passive failover).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PassiveFailure {
+    /// The TCP connect failed, timed out, or lost a connect race.
+    Connect,
+    /// Connected, but no answer to a complete ClientHello within `--first-byte-timeout`.
+    FirstByteTimeout,
+    /// Connected, then closed or reset before answering the client.
+    ClosedBeforeAnswer,
+    /// Connected, but writing the client's bytes to it failed.
+    WriteFailed,
+}
+
+impl PassiveFailure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PassiveFailure::Connect => "connect",
+            PassiveFailure::FirstByteTimeout => "first_byte_timeout",
+            PassiveFailure::ClosedBeforeAnswer => "closed_before_answer",
+            PassiveFailure::WriteFailed => "write_failed",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            PassiveFailure::Connect => "connect failed",
+            PassiveFailure::FirstByteTimeout => "no answer to a client's hello in time",
+            PassiveFailure::ClosedBeforeAnswer => "closed a client connection before answering",
+            PassiveFailure::WriteFailed => "could not take a client's bytes",
+        }
+    }
+}
+
 /// Where a server in the set came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -254,12 +287,13 @@ impl Backend {
     }
 
     /// A client connect to this server failed, or it did not answer a client in time: keep
-    /// new connections away until a health check passes again.
-    pub fn mark_passive_failure(&self, why: &str) {
+    /// new connections away until a health check passes again. Logged once per failure
+    /// spell, with what failed (`failure`, typed) and the detail (`cause`).
+    pub fn mark_passive_failure(&self, failure: PassiveFailure, why: &str) {
         *lock(&self.passive_failed_at) = Some(Instant::now());
         if !self.passive_failed.swap(true, Ordering::Relaxed) {
-            tracing::warn!(server = %self.name, cause = why,
-                "connect failed; no new connections until a health check passes");
+            tracing::warn!(server = %self.name, failure = failure.as_str(), cause = why,
+                "{}; no new connections until a health check passes", failure.describe());
         }
     }
 
@@ -665,7 +699,7 @@ mod tests {
     fn a_passive_failure_is_cleared_only_by_a_check_asked_after_it() {
         let (_set, a, _b) = two();
         let before = Instant::now();
-        a.mark_passive_failure("refused");
+        a.mark_passive_failure(PassiveFailure::Connect, "refused");
         a.clear_passive_failure(before);
         assert!(
             a.passive_failed(),

@@ -102,7 +102,7 @@ mod tests {
         s[1].set_state(State::NotReady, "readyz 500");
         s[2].set_state(State::Ready, "ok");
         s[3].set_state(State::Ready, "ok");
-        s[3].mark_passive_failure("refused");
+        s[3].mark_passive_failure(crate::backend::PassiveFailure::Connect, "refused");
         let p = plan(&s);
         assert!(!p.panic);
         assert!(Arc::ptr_eq(&p.order[0], &s[2]));

@@ -112,6 +112,12 @@ pub struct RunArgs {
     #[arg(long, value_parser = duration, value_name = "DURATION")]
     pub connect_race_delay: Option<Duration>,
 
+    /// A client connection that has not sent a complete TLS ClientHello this long after it
+    /// was accepted is closed (no server is connected before it has). 0: never.
+    /// [default: 10s]
+    #[arg(long, value_parser = duration, value_name = "DURATION")]
+    pub client_hello_timeout: Option<Duration>,
+
     /// A server silent this long after the client spoke gets the client's first bytes
     /// replayed to the next server; the first to answer wins. [default: 500ms]
     #[arg(long, value_parser = duration, value_name = "DURATION")]

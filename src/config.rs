@@ -29,6 +29,7 @@ pub mod defaults {
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
     pub const CONNECT_RACE_DELAY: Duration = Duration::from_millis(200);
     pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_millis(500);
+    pub const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
     pub const REPLAY_LIMIT: usize = 8 * 1024;
     pub const PING_INTERVAL: Duration = Duration::from_secs(1);
     pub const PING_TIMEOUT: Duration = Duration::from_millis(600);
@@ -151,6 +152,7 @@ pub struct FileConfig {
     pub connect_timeout: Option<String>,
     pub connect_race_delay: Option<String>,
     pub first_byte_timeout: Option<String>,
+    pub client_hello_timeout: Option<String>,
     pub replay_limit: Option<usize>,
     pub health_ping_interval: Option<String>,
     pub health_ping_timeout: Option<String>,
@@ -194,6 +196,8 @@ pub struct Config {
     pub connect_timeout: Duration,
     pub connect_race_delay: Duration,
     pub first_byte_timeout: Duration,
+    /// Zero: off.
+    pub client_hello_timeout: Duration,
     pub replay_limit: usize,
     pub health: HealthSettings,
     pub max_connections: usize,
@@ -557,6 +561,13 @@ pub fn resolve(args: &RunArgs, file: FileConfig) -> Result<Config, ConfigError> 
             fp,
             "first-byte-timeout",
             d::FIRST_BYTE_TIMEOUT,
+        )?,
+        client_hello_timeout: duration(
+            args.client_hello_timeout,
+            file.client_hello_timeout.as_ref(),
+            fp,
+            "client-hello-timeout",
+            d::CLIENT_HELLO_TIMEOUT,
         )?,
         replay_limit: args
             .replay_limit

@@ -6,14 +6,19 @@
 //!   delay starts a parallel attempt on the next one; the first to connect wins and the
 //!   others are dropped. A server whose connect failed is marked so that it gets no new
 //!   connections until a health check passes.
-//! * **First-byte racing.** A connected server is not yet committed. If the client has spoken
-//!   (its TLS ClientHello) and the server has not answered within the first-byte timeout,
+//! * **First-byte racing.** A connected server is not yet committed. The caller (`proxy`)
+//!   connects nothing before the client's first flight is in hand; if that is a complete
+//!   TLS ClientHello and the server has not answered within the first-byte timeout,
 //!   the client's bytes so far are replayed to a newly connected next server, and the first
 //!   server to answer wins, and the silent one gets no new connections until a health check
 //!   passes. Only bytes sent before any server byte are replayed, at most
 //!   `replay_limit` of them; past that the connection is pinned to the servers it has. This
 //!   saves connections that would go to a frozen apiserver (kernel accepts, process never
-//!   answers), which connect racing cannot see.
+//!   answers), which connect racing cannot see. Anything else (non-TLS bytes, a hello
+//!   larger than the replay limit) is pinned to the first server: silence after bytes a
+//!   server may legitimately wait on says nothing about the server.
+//!
+//! Every server marked failed here is marked with what failed (`PassiveFailure`).
 //!
 //! Every attempt counts against its server's active connections while it lives, so
 //! least-connections sees connections in progress too.
@@ -30,7 +35,7 @@ use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use crate::backend::{Backend, ConnGuard};
+use crate::backend::{Backend, ConnGuard, PassiveFailure};
 use crate::copy::write_all;
 use crate::metrics::Metrics;
 use crate::socket;
@@ -41,6 +46,9 @@ pub struct RaceSettings {
     pub race_delay: Duration,
     pub first_byte_timeout: Duration,
     pub replay_limit: usize,
+    /// A client that has not sent a complete ClientHello this long after the accept is
+    /// closed. `None`: never.
+    pub client_hello_timeout: Option<Duration>,
 }
 
 /// A connected server socket, counted against its server.
@@ -181,10 +189,13 @@ pub async fn connect_race(
             Ok(stream) => {
                 for (slow, since) in &pending {
                     if since.elapsed() >= s.race_delay {
-                        slow.mark_passive_failure(&format!(
-                            "connect not done after {}; another server won the race",
-                            humantime::format_duration(s.race_delay)
-                        ));
+                        slow.mark_passive_failure(
+                            PassiveFailure::Connect,
+                            &format!(
+                                "connect not done after {}; another server won the race",
+                                humantime::format_duration(s.race_delay)
+                            ),
+                        );
                     }
                 }
                 return (Ok(Upstream { stream, guard }), candidates);
@@ -195,7 +206,9 @@ pub async fn connect_race(
                 return (Err(EstablishError::LocalResources(e)), candidates);
             }
             Err(e) => {
-                guard.backend.mark_passive_failure(&e.to_string());
+                guard
+                    .backend
+                    .mark_passive_failure(PassiveFailure::Connect, &e.to_string());
                 tracing::debug!(server = %guard.backend.name, error = %e, "connect failed");
                 // A failed attempt moves on at once.
                 if let Some(b) = candidates.pop_front() {
@@ -241,9 +254,16 @@ type PendingConnect = Pin<
     Box<dyn Future<Output = (Result<Upstream, EstablishError>, VecDeque<Arc<Backend>>)> + Send>,
 >;
 
-/// Connect racing, then first-byte racing, for one client connection.
+/// Connect racing, then first-byte racing, for one client connection whose first flight
+/// (`hello`: the bytes read before any server was connected) is already in hand. With
+/// `raceable` (a complete TLS ClientHello, which a live server always answers) a server
+/// that stays silent is raced against the next; otherwise the connection is pinned to the
+/// first server that connects, and no server is judged by its silence (the client may be
+/// the one that has not said enough).
 pub async fn establish(
     client: &TcpStream,
+    hello: Vec<u8>,
+    raceable: bool,
     order: Vec<Arc<Backend>>,
     s: RaceSettings,
     metrics: &Metrics,
@@ -253,13 +273,40 @@ pub async fn establish(
     let mut candidates = Some(rest);
     let mut racers = vec![Racer::new(first)];
     let mut replay: Vec<u8> = Vec::new();
-    let mut pinned = false;
+    let mut pinned = !raceable;
     let mut client_eof = false;
     let mut pending: Option<PendingConnect> = None;
     let mut timer = Box::pin(tokio::time::sleep(Duration::from_secs(86_400)));
     let mut timer_armed = false;
+    if !hello.is_empty() {
+        if write_all(&racers[0].up.stream, &hello).await.is_err() {
+            let r = racers.swap_remove(0);
+            r.up.backend()
+                .mark_passive_failure(PassiveFailure::WriteFailed, "write failed");
+        }
+        if !pinned {
+            timer
+                .as_mut()
+                .reset(tokio::time::Instant::now() + s.first_byte_timeout);
+            timer_armed = true;
+            replay = hello;
+        }
+    }
 
     loop {
+        if racers.is_empty() {
+            // Everyone we were waiting on failed. Start over on what is left, if we still
+            // can replay what the client said.
+            let left = candidates.as_ref().is_some_and(|c| !c.is_empty());
+            if pending.is_none() && (pinned || !left) {
+                return Err(EstablishError::NoAnswer);
+            }
+            if pending.is_none() {
+                if let Some(c) = candidates.take() {
+                    pending = Some(Box::pin(connect_race(c, s)));
+                }
+            }
+        }
         let can_race = !pinned
             && !replay.is_empty()
             && pending.is_none()
@@ -323,7 +370,10 @@ pub async fn establish(
                         while i < racers.len() {
                             if write_all(&racers[i].up.stream, &bytes).await.is_err() {
                                 let r = racers.swap_remove(i);
-                                r.up.backend().mark_passive_failure("write failed");
+                                r.up.backend().mark_passive_failure(
+                                    PassiveFailure::WriteFailed,
+                                    "write failed",
+                                );
                             } else {
                                 i += 1;
                             }
@@ -358,7 +408,8 @@ pub async fn establish(
                         };
                         tracing::debug!(server = %r.up.backend().name, cause = %why,
                             "server failed before its first byte");
-                        r.up.backend().mark_passive_failure(&why);
+                        r.up.backend()
+                            .mark_passive_failure(PassiveFailure::ClosedBeforeAnswer, &why);
                     }
                 }
             }
@@ -370,10 +421,13 @@ pub async fn establish(
                 // Frozen means failed: a server that connected but did not answer the client
                 // in time gets no new connections until a health check passes.
                 for r in &racers {
-                    r.up.backend().mark_passive_failure(&format!(
-                        "no answer to a client within {}",
-                        humantime::format_duration(s.first_byte_timeout)
-                    ));
+                    r.up.backend().mark_passive_failure(
+                        PassiveFailure::FirstByteTimeout,
+                        &format!(
+                            "no answer to a client within {}",
+                            humantime::format_duration(s.first_byte_timeout)
+                        ),
+                    );
                 }
                 if let Some(mut c) = candidates.take() {
                     crate::balance::rank(c.make_contiguous());
@@ -399,20 +453,6 @@ pub async fn establish(
                             .reset(tokio::time::Instant::now() + s.first_byte_timeout);
                         timer_armed = true;
                     }
-                }
-            }
-        }
-
-        if racers.is_empty() {
-            // Everyone we were waiting on failed. Start over on what is left, if we still
-            // can replay what the client said.
-            let left = candidates.as_ref().is_some_and(|c| !c.is_empty());
-            if pending.is_none() && (pinned || !left) {
-                return Err(EstablishError::NoAnswer);
-            }
-            if pending.is_none() {
-                if let Some(c) = candidates.take() {
-                    pending = Some(Box::pin(connect_race(c, s)));
                 }
             }
         }

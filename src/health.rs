@@ -537,7 +537,7 @@ where
                 .map_err(|e| {
                     let cause = match e.downcast_ref::<hyper::Error>() {
                         Some(h) => hyper_cause(h),
-                        None => Cause::protocol, // over READYZ_BODY_LIMIT
+                        None => Cause::oversized, // over READYZ_BODY_LIMIT
                     };
                     Ending::of(cause, format!("/readyz body: {e}"))
                 })?;
@@ -550,7 +550,17 @@ where
                 // An answer is judged before the end of the connection it came on.
                 biased;
                 r = &mut probe => break r,
-                r = &mut conn => return ended(r),
+                r = &mut conn => {
+                    // The connection may have ended because of what it read for the probe
+                    // (a response head too large): the probe's error says what happened,
+                    // the connection's end only that it closed.
+                    if let std::task::Poll::Ready(Err(ending)) =
+                        std::future::poll_fn(|cx| std::task::Poll::Ready(std::future::Future::poll(probe.as_mut(), cx))).await
+                    {
+                        return ending;
+                    }
+                    return ended(r);
+                }
                 () = sleep_until(deadline.into()) => {
                     c.apply(Observation::Unanswered, asked);
                     if asked.elapsed() >= s.timeout * LATE_ANSWER_TIMEOUTS {
@@ -592,7 +602,9 @@ fn hyper_cause(e: &hyper::Error) -> Cause {
         }
         source = s.source();
     }
-    if e.is_incomplete_message() {
+    if e.is_parse_too_large() {
+        Cause::oversized
+    } else if e.is_incomplete_message() {
         Cause::closed
     } else {
         Cause::protocol

@@ -58,10 +58,13 @@ pub enum Cause {
     readyz_status,
     /// `/readyz` unanswered within the health timeout while PINGs are answered.
     readyz_timeout,
+    /// An answer larger than apilb reads: a response head over hyper's limit, or a
+    /// `/readyz` body over 64 KiB. Alive, not judged ready.
+    oversized,
 }
 
 impl Cause {
-    pub const ALL: [Cause; 12] = [
+    pub const ALL: [Cause; 13] = [
         Cause::ping_timeout,
         Cause::connect_timeout,
         Cause::handshake_timeout,
@@ -74,6 +77,7 @@ impl Cause {
         Cause::protocol,
         Cause::readyz_status,
         Cause::readyz_timeout,
+        Cause::oversized,
     ];
 
     /// Silence: nobody answers. The only causes that can close pinned connections.
@@ -335,6 +339,7 @@ pub fn describe(cause: Cause) -> String {
         Cause::protocol => "answered something that is not HTTP".into(),
         Cause::readyz_status => "/readyz answered non-2xx".into(),
         Cause::readyz_timeout => "/readyz timed out".into(),
+        Cause::oversized => "answered more than apilb reads (response head or /readyz body)".into(),
     }
 }
 

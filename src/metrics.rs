@@ -89,6 +89,11 @@ pub enum RejectReason {
     no_server,
     /// apilb itself ran out of descriptors or memory.
     local_resources,
+    /// No complete TLS ClientHello within `--client-hello-timeout` of the accept.
+    client_hello_timeout,
+    /// At `--max-connections`, the oldest connection that had not yet sent its ClientHello
+    /// was closed to make room for a new one.
+    evicted_silent,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -220,7 +225,7 @@ impl Metrics {
             "health_failures",
             "Failed health observations, by server and cause: silence (ping_timeout, \
              connect_timeout, handshake_timeout, unreachable), leaving (goaway, closed, reset, \
-             refused), and tls, protocol, readyz_status, readyz_timeout",
+             refused), and tls, protocol, readyz_status, readyz_timeout, oversized",
             m.health_failures.clone(),
         );
         registry.register(

@@ -2,16 +2,26 @@
 //! server (`balance` orders, `connect` races) and copied (`copy`), until it ends or its
 //! server's token closes it.
 //!
-//! Holds under faults: beyond `max_connections` new clients are closed and counted; accept
-//! errors (EMFILE and friends) back off and are logged at most every few seconds; a
+//! A connection is *silent* from its accept until its first flight is complete (a whole
+//! TLS ClientHello, `hello`; or any first bytes that are not TLS): no server is connected
+//! for it before that, so an idle or stalled client costs no server anything and cannot get
+//! a server judged. A silent connection is closed after `client_hello_timeout`, and, at
+//! `max_connections`, the oldest silent one is closed to make room for the new one, so a
+//! flood of connections that never speak cannot lock out a client that speaks at once
+//! (kubelet). Both are counted (`apilb_connections_rejected_total{reason}`).
+//!
+//! Holds under faults: beyond `max_connections`, with no silent connection to close, new
+//! clients are closed and counted; accept errors (EMFILE and friends) back off; every log
+//! line a client can cause is rate-limited (`log_limit`), saying how many were held back; a
 //! connection one side has half-closed, or (if asked) one idle too long, is reset on both
 //! sides and counted (`copy::Timeouts`); on shutdown the accept loops stop and `drain` waits
 //! for live connections up to the grace.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -20,8 +30,77 @@ use tokio_util::task::TaskTracker;
 use crate::backend::Backends;
 use crate::connect::{self, RaceSettings};
 use crate::copy::{Ended, Timeouts};
+use crate::hello::{self, Progress};
+use crate::log_limit::LogLimit;
 use crate::metrics::{Listener, Metrics, RejectReason};
 use crate::{balance, copy, socket};
+
+/// Per-kind limits of the log lines a client can cause.
+#[derive(Default)]
+struct LogLimits {
+    accept_error: LogLimit,
+    connection_limit: LogLimit,
+    local_resources: LogLimit,
+    no_server: LogLimit,
+    hello_timeout: LogLimit,
+    evicted: LogLimit,
+}
+
+/// Connections that have not yet sent their first flight, oldest first (by id), each with
+/// the token that closes it.
+#[derive(Default)]
+struct Silent {
+    next: AtomicU64,
+    conns: Mutex<BTreeMap<u64, CancellationToken>>,
+}
+
+impl Silent {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, CancellationToken>> {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn register(&self) -> (u64, CancellationToken) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let token = CancellationToken::new();
+        self.lock().insert(id, token.clone());
+        (id, token)
+    }
+
+    fn remove(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    /// Closes the oldest silent connection; false if there is none.
+    fn evict_oldest(&self) -> bool {
+        match self.lock().pop_first() {
+            Some((_, token)) => {
+                token.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Deregisters a silent connection however its wait ends.
+struct SilentGuard<'a> {
+    silent: &'a Silent,
+    id: u64,
+}
+
+impl Drop for SilentGuard<'_> {
+    fn drop(&mut self) {
+        self.silent.remove(self.id);
+    }
+}
+
+/// A client's first flight: the bytes read before any server is connected, and whether
+/// they are a complete TLS ClientHello (which a live server always answers, so a server
+/// silent after it may be raced against another).
+struct FirstFlight {
+    bytes: Vec<u8>,
+    complete_hello: bool,
+}
 
 pub struct Proxy {
     pub backends: Arc<Backends>,
@@ -33,7 +112,8 @@ pub struct Proxy {
     /// Every live client connection is a task of this tracker.
     pub tracker: TaskTracker,
     panic_mode: AtomicBool,
-    last_accept_error_log: Mutex<Option<Instant>>,
+    logs: LogLimits,
+    silent: Silent,
 }
 
 impl Proxy {
@@ -52,7 +132,8 @@ impl Proxy {
             timeouts,
             tracker: TaskTracker::new(),
             panic_mode: AtomicBool::new(false),
-            last_accept_error_log: Mutex::new(None),
+            logs: LogLimits::default(),
+            silent: Silent::default(),
         }
     }
 
@@ -78,11 +159,23 @@ impl Proxy {
                 Ok((client, peer)) => {
                     backoff = Duration::from_millis(5);
                     self.metrics.accepted.inc();
-                    if self.connections() >= self.max_connections {
-                        self.metrics.reject(RejectReason::connection_limit);
-                        self.log_rate_limited(|| {
+                    if self.connections() >= self.max_connections && self.silent.evict_oldest() {
+                        // Room made by closing a connection that has not spoken yet.
+                        self.metrics.reject(RejectReason::evicted_silent);
+                        self.logs.evicted.log(|suppressed| {
                             tracing::warn!(
                                 limit = self.max_connections,
+                                suppressed,
+                                "connection limit reached; closing the oldest connection that \
+                                 has not sent its ClientHello"
+                            )
+                        });
+                    } else if self.connections() >= self.max_connections {
+                        self.metrics.reject(RejectReason::connection_limit);
+                        self.logs.connection_limit.log(|suppressed| {
+                            tracing::warn!(
+                                limit = self.max_connections,
+                                suppressed,
                                 "connection limit reached; closing new connections"
                             )
                         });
@@ -90,15 +183,18 @@ impl Proxy {
                         continue;
                     }
                     let me = self.clone();
+                    // Registered as silent here, not in the task: a flood is accepted faster
+                    // than its tasks first run, and each must be there to be evicted.
+                    let silent = self.silent.register();
                     self.tracker
-                        .spawn(async move { me.handle(client, peer).await });
+                        .spawn(async move { me.handle(client, peer, silent).await });
                 }
                 Err(e) => {
                     // EMFILE/ENFILE/ENOBUFS…: do not spin; the listener stays usable.
                     self.metrics.accept_error(Listener::proxy);
-                    self.log_rate_limited(
-                        || tracing::error!(error = %e, retry_in = ?backoff, "accept failed"),
-                    );
+                    self.logs.accept_error.log(|suppressed| {
+                        tracing::error!(error = %e, retry_in = ?backoff, suppressed, "accept failed")
+                    });
                     tokio::select! {
                         () = stop.cancelled() => return,
                         () = tokio::time::sleep(backoff) => {}
@@ -109,14 +205,79 @@ impl Proxy {
         }
     }
 
-    fn log_rate_limited(&self, log: impl FnOnce()) {
-        let mut last = self
-            .last_accept_error_log
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if last.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
-            *last = Some(Instant::now());
-            log();
+    /// Reads the client's first flight, connecting no server meanwhile. `None` if the
+    /// connection ended (the client left, timed out, or was closed to make room).
+    async fn first_flight(
+        &self,
+        client: &TcpStream,
+        peer: SocketAddr,
+        (id, evict): (u64, CancellationToken),
+    ) -> Option<FirstFlight> {
+        let _registered = SilentGuard {
+            silent: &self.silent,
+            id,
+        };
+        let deadline = self
+            .race
+            .client_hello_timeout
+            .map(|t| tokio::time::Instant::now() + t);
+        let limit = self.race.replay_limit.max(1);
+        let mut bytes: Vec<u8> = Vec::new();
+        loop {
+            let ready = tokio::select! {
+                r = client.readable() => r,
+                () = evict.cancelled() => {
+                    // Counted and logged where it was chosen (`serve`).
+                    socket::reset_on_close(client);
+                    return None;
+                }
+                () = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    self.metrics.reject(RejectReason::client_hello_timeout);
+                    self.logs.hello_timeout.log(|suppressed| tracing::info!(client = %peer,
+                        received = bytes.len(), suppressed,
+                        "closing a client connection: no complete TLS ClientHello in time"));
+                    socket::reset_on_close(client);
+                    return None;
+                }
+            };
+            if ready.is_err() {
+                return None;
+            }
+            let mut buf = [0u8; 4096];
+            let room = (limit - bytes.len()).min(buf.len());
+            match client.try_read(&mut buf[..room]) {
+                Ok(0) => return None,
+                Ok(n) => bytes.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(_) => return None,
+            }
+            match hello::progress(&bytes) {
+                Progress::Complete => {
+                    return Some(FirstFlight {
+                        bytes,
+                        complete_hello: true,
+                    })
+                }
+                Progress::NotTls => {
+                    return Some(FirstFlight {
+                        bytes,
+                        complete_hello: false,
+                    })
+                }
+                // Larger than can be replayed: passed on, pinned to one server.
+                Progress::Incomplete if bytes.len() >= limit => {
+                    return Some(FirstFlight {
+                        bytes,
+                        complete_hello: false,
+                    })
+                }
+                Progress::Incomplete => {}
+            }
         }
     }
 
@@ -131,40 +292,64 @@ impl Proxy {
         }
     }
 
-    pub(crate) async fn handle(self: Arc<Self>, mut client: TcpStream, peer: SocketAddr) {
-        socket::tune_client(&client);
+    /// From the accept to a committed server: the client's first flight, then connect and
+    /// first-byte racing. `None` if the connection ended meanwhile (counted and logged).
+    async fn setup(
+        &self,
+        client: &TcpStream,
+        peer: SocketAddr,
+        silent: (u64, CancellationToken),
+    ) -> Option<connect::Established> {
+        let flight = self.first_flight(client, peer, silent).await?;
         let plan = balance::plan(&self.backends.snapshot());
         self.note_panic_mode(plan.panic);
-        // Boxed: setting up is the biggest state of a connection's life, and boxing it keeps
-        // it out of the task that then sits idle for hours on a watch.
-        let establishing = Box::pin(connect::establish(
-            &client,
+        let establishing = connect::establish(
+            client,
+            flight.bytes,
+            flight.complete_hello,
             plan.order,
             self.race,
             &self.metrics,
-        ));
-        let mut est = match establishing.await {
-            Ok(est) => est,
+        );
+        match establishing.await {
+            Ok(est) => Some(est),
             Err(e) => {
                 use connect::EstablishError as E;
                 match e {
                     E::Client(_) | E::ClientGone => {}
                     E::LocalResources(_) => {
                         self.metrics.reject(RejectReason::local_resources);
-                        self.log_rate_limited(|| {
-                            tracing::error!(client = %peer, cause = %e,
+                        self.logs.local_resources.log(|suppressed| {
+                            tracing::error!(client = %peer, cause = %e, suppressed,
                                 "closing a new client connection: out of local resources")
                         });
                     }
                     E::NoServer | E::NoAnswer => {
                         self.metrics.reject(RejectReason::no_server);
-                        tracing::warn!(client = %peer, cause = %e,
-                            "no server for a client connection");
+                        self.logs.no_server.log(|suppressed| {
+                            tracing::warn!(client = %peer, cause = %e, suppressed,
+                                "no server for a client connection")
+                        });
                     }
                 }
-                socket::reset_on_close(&client);
-                return;
+                socket::reset_on_close(client);
+                None
             }
+        }
+    }
+
+    pub(crate) async fn handle(
+        self: Arc<Self>,
+        mut client: TcpStream,
+        peer: SocketAddr,
+        silent: (u64, CancellationToken),
+    ) {
+        socket::tune_client(&client);
+        // Boxed: setting up (the first flight, then connect and first-byte racing) is the
+        // biggest state of a connection's life, and boxing it keeps it out of the task that
+        // then sits idle for hours on a watch.
+        let Some(mut est) = Box::pin(self.setup(&client, peer, silent)).await else {
+            return;
         };
         let backend = est.upstream.backend().clone();
         tracing::debug!(client = %peer, server = %backend.name, "proxying");
@@ -243,6 +428,7 @@ mod tests {
                 race_delay: Duration::from_millis(200),
                 first_byte_timeout: Duration::from_millis(500),
                 replay_limit: 8192,
+                client_hello_timeout: Some(Duration::from_secs(10)),
             },
             10,
             Timeouts {
@@ -253,7 +439,8 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let peer = c.local_addr().unwrap();
-        let fut = proxy.handle(c, peer);
+        let silent = proxy.silent.register();
+        let fut = proxy.handle(c, peer, silent);
         let size = std::mem::size_of_val(&fut);
         assert!(size < 640, "connection task is {size} bytes");
     }

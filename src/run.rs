@@ -276,6 +276,7 @@ pub async fn run(args: RunArgs, cfg: Config, early: EarlySignals) -> anyhow::Res
             race_delay: cfg.connect_race_delay,
             first_byte_timeout: cfg.first_byte_timeout,
             replay_limit: cfg.replay_limit,
+            client_hello_timeout: Some(cfg.client_hello_timeout).filter(|d| !d.is_zero()),
         },
         cfg.max_connections,
         crate::copy::Timeouts {

@@ -308,3 +308,40 @@ async fn http1_only_server_is_checked_with_keepalive_readyz() {
     lb.wait_state(mark, s.addr, "down", Duration::from_secs(15));
     s.thaw();
 }
+
+/// A /readyz answer whose head is larger than apilb reads is reported as what it is (cause
+/// `oversized`: alive, not ready), not as the server closing the connection, which would
+/// call the server leaving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_readyz_head_is_reported_as_oversized() {
+    let pki = Pki::new();
+    let mut s = Standin::start(&pki, [127, 0, 0, 2], "cp1");
+    s.http1_only = true;
+    s.restart();
+    let lb = Apilb::start(&pki, &[&s], &["--health-readyz-interval", "200ms"]);
+    lb.wait_all_ready(&[&s]);
+    let mark = lb.mark();
+    let (code, _) = request(
+        s.addr,
+        &pki,
+        "PUT",
+        "/-/readyz?status=200&header_bytes=1000000",
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 200);
+    lb.wait_state(mark, s.addr, "not_ready", Duration::from_secs(10));
+    let failures = |cause: &'static str| {
+        let lb = &lb;
+        async move {
+            lb.metric(
+                "apilb_health_failures_total",
+                &[&format!("cause=\"{cause}\"")],
+            )
+            .await
+        }
+    };
+    assert!(failures("oversized").await >= 1.0);
+    assert_eq!(failures("closed").await, 0.0);
+}

@@ -606,11 +606,13 @@ async fn half_closed_and_idle_connections_are_closed_after_their_timeouts() {
         ],
         None,
     );
+    // apilb connects a server only once the client has spoken: speak first.
     let greeted = || async {
         let mut c = TcpStream::connect(lb.listen).await.unwrap();
-        let mut hi = [0u8; 2];
+        c.write_all(b"x").await.unwrap();
+        let mut hi = [0u8; 3];
         c.read_exact(&mut hi).await.unwrap();
-        assert_eq!(&hi, b"hi");
+        assert_eq!(&hi, b"hix");
         c
     };
     let timed_out = |which: &'static str| {

@@ -35,7 +35,8 @@
 //!
 //! * `GET /readyz`: the current readiness status (200 `ok` by default).
 //! * `GET /healthz`, `GET /livez`: 200 `ok`.
-//! * `PUT /-/readyz?status=N` (100-599): make `/readyz` answer `N` from now on.
+//! * `PUT /-/readyz?status=N[&header_bytes=M]` (100-599): make `/readyz` answer `N` from
+//!   now on, with a header of `M` bytes (an oversized response head) if given.
 //! * `PUT /-/goaway`: send GOAWAY on every HTTP/2 connection open now, and stay up (as
 //!   kube-apiserver's `--goaway-chance` or an idle timeout do).
 //! * `GET /whoami`: `{"server":<name>,"client_cert":<bool>,"alpn":"h2"|"http/1.1"}` + `\n`.
@@ -139,6 +140,8 @@ const SHUTDOWN_LIMIT: Duration = Duration::from_secs(60);
 struct Shared {
     name: Arc<str>,
     readyz: AtomicU16,
+    /// Bytes of padding header on /readyz answers (0: none).
+    readyz_pad: std::sync::atomic::AtomicUsize,
     /// Set at SIGTERM with --graceful: /readyz fails from then on.
     terminating: AtomicBool,
     /// Cancelled when the listener has closed: connections shut down gracefully, watches end.
@@ -257,6 +260,7 @@ async fn run(args: Args) -> Result<()> {
     let shared = Arc::new(Shared {
         name: Arc::from(args.name.as_str()),
         readyz: AtomicU16::new(200),
+        readyz_pad: std::sync::atomic::AtomicUsize::new(0),
         terminating: AtomicBool::new(false),
         shutdown: CancellationToken::new(),
         goaway: std::sync::Mutex::new(CancellationToken::new()),
@@ -496,7 +500,14 @@ fn route(req: Request<Incoming>, shared: &Shared, info: ConnInfo) -> Response<Re
             } else {
                 "readyz check failed"
             };
-            text(status, body)
+            let mut resp = text(status, body);
+            let pad = shared.readyz_pad.load(Ordering::Relaxed);
+            if pad > 0 {
+                if let Ok(v) = header::HeaderValue::from_str(&"p".repeat(pad)) {
+                    resp.headers_mut().insert("x-padding", v);
+                }
+            }
+            resp
         }
         "/healthz" | "/livez" => text(StatusCode::OK, "ok"),
         "/-/readyz" => {
@@ -509,6 +520,8 @@ fn route(req: Request<Incoming>, shared: &Shared, info: ConnInfo) -> Response<Re
             match query_param(query, "status").and_then(|s| s.parse::<u16>().ok()) {
                 Some(code @ 100..=599) => {
                     shared.readyz.store(code, Ordering::Relaxed);
+                    let pad = query_param(query, "header_bytes").and_then(|s| s.parse().ok());
+                    shared.readyz_pad.store(pad.unwrap_or(0), Ordering::Relaxed);
                     text(StatusCode::OK, format!("readyz now answers {code}\n"))
                 }
                 _ => text(
