@@ -193,10 +193,9 @@ struct OneWay<'a> {
     dst: WriteHalf<'a>,
     counter: &'a Counter,
     /// Read but not yet written; empty (no allocation) almost always.
-    pending: Vec<u8>,
+    pending: Box<[u8]>,
     written: usize,
     total: u64,
-    done: bool,
     mode: Mode,
     /// Spliced in and not yet out; `None` (no pipe held) whenever it would be empty.
     pipe: Option<Pipe>,
@@ -208,9 +207,11 @@ enum Mode {
     /// Through the stack buffer; splices once bulk is seen.
     Read,
     /// Spliced; the bytes of the current burst so far.
-    Splice { burst: usize },
+    Splice { burst: u32 },
     /// Through the stack buffer for good: splice failed as unsupported.
     ReadOnly,
+    /// End of stream seen and passed on.
+    Done,
 }
 
 /// Bytes that must have gone one way before it may splice…
@@ -218,6 +219,7 @@ pub const SPLICE_AFTER: u64 = 256 * 1024;
 /// …and the least a read must bring to count as bulk (a burst that ends with less goes
 /// back to reading).
 const BULK_READ: usize = 16 * 1024;
+const BULK_BURST: u32 = BULK_READ as u32;
 
 impl<'a> OneWay<'a> {
     fn new(src: ReadHalf<'a>, dst: WriteHalf<'a>, counter: &'a Counter) -> OneWay<'a> {
@@ -225,17 +227,16 @@ impl<'a> OneWay<'a> {
             src,
             dst,
             counter,
-            pending: Vec::new(),
+            pending: Box::default(),
             written: 0,
             total: 0,
-            done: false,
             mode: Mode::Read,
             pipe: None,
         }
     }
 
     fn poll_copy(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<u64>> {
-        if self.done {
+        if self.mode == Mode::Done {
             return Poll::Ready(Ok(self.total));
         }
         loop {
@@ -248,7 +249,7 @@ impl<'a> OneWay<'a> {
                 self.written += n;
             }
             if !self.pending.is_empty() {
-                self.pending = Vec::new();
+                self.pending = Box::default();
                 self.written = 0;
             }
             ready!(self.poll_drain_pipe(cx))?;
@@ -256,7 +257,9 @@ impl<'a> OneWay<'a> {
                 match ready!(self.poll_fill_pipe(cx)) {
                     Ok(Fill::Moved(0)) => return Poll::Ready(Ok(self.end_of_stream())),
                     Ok(Fill::Moved(n)) => {
-                        self.mode = Mode::Splice { burst: burst + n };
+                        self.mode = Mode::Splice {
+                            burst: burst.saturating_add(u32::try_from(n).unwrap_or(u32::MAX)),
+                        };
                         self.count(n);
                         splice::spliced_bytes().inc_by(n as u64);
                         continue;
@@ -264,7 +267,7 @@ impl<'a> OneWay<'a> {
                     Ok(Fill::NoPipe) => self.mode = Mode::Read,
                     Ok(Fill::Drained) => {
                         // Drained: the burst is over; back to reading if it was small.
-                        self.mode = if burst < BULK_READ {
+                        self.mode = if burst < BULK_BURST {
                             Mode::Read
                         } else {
                             Mode::Splice { burst: 0 }
@@ -303,7 +306,7 @@ impl<'a> OneWay<'a> {
                 }
             }
             if written < n {
-                self.pending = data[written..].to_vec();
+                self.pending = data[written..].into();
             }
         }
     }
@@ -317,7 +320,7 @@ impl<'a> OneWay<'a> {
     fn end_of_stream(&mut self) -> u64 {
         self.pipe = None;
         socket::shutdown_write(self.dst.as_ref());
-        self.done = true;
+        self.mode = Mode::Done;
         self.total
     }
 

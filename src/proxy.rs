@@ -132,7 +132,6 @@ impl Proxy {
     }
 
     pub(crate) async fn handle(self: Arc<Self>, mut client: TcpStream, peer: SocketAddr) {
-        socket::tune_client(&client);
         let plan = balance::plan(&self.backends.snapshot());
         self.note_panic_mode(plan.panic);
         // Boxed: setting up is the biggest state of a connection's life, and boxing it keeps

@@ -12,6 +12,7 @@
 //! wait for readiness: both calls are non-blocking and report `WouldBlock`.
 
 use std::io;
+use std::num::NonZeroU32;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{LazyLock, Mutex};
@@ -74,7 +75,7 @@ impl Pool {
         self.free.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn take(&'static self) -> Option<Pipe> {
+    fn take(&self) -> Option<Pipe> {
         let pooled = self.free().pop();
         let fds = match pooled {
             Some(fds) => fds,
@@ -101,23 +102,40 @@ impl Pool {
         };
         let size = rustix::pipe::fcntl_getpipe_size(&fds.1).unwrap_or(64 * 1024);
         Some(Pipe {
-            pool: self,
             fds: Some(fds),
             len: 0,
-            size,
+            size: NonZeroU32::new(u32::try_from(size).unwrap_or(u32::MAX))
+                .unwrap_or(NonZeroU32::MIN),
         })
+    }
+
+    /// Takes `pipe` back: pooled if it is empty and there is room, closed otherwise.
+    fn give(&self, pipe: &mut Pipe) {
+        let Some(fds) = pipe.fds.take() else { return };
+        if pipe.len == 0 {
+            let mut free = self.free();
+            if free.len() < self.max_pooled {
+                free.push(fds);
+                return;
+            }
+        }
+        drop(fds);
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        if self.exported {
+            PIPES.dec();
+        }
     }
 }
 
-/// A pipe and the bytes in it. Dropped empty, it goes back to its pool.
+/// A pipe and the bytes in it. Dropped empty, it goes back to the pool. Small (16 bytes):
+/// it sits in every connection's state, as `None` while idle.
 pub struct Pipe {
-    pool: &'static Pool,
-    /// (read end, write end); `None` only inside `drop`.
+    /// (read end, write end); `None` only once given back.
     fds: Option<(OwnedFd, OwnedFd)>,
     /// Bytes spliced in and not yet out.
-    len: usize,
-    /// The pipe's capacity.
-    size: usize,
+    len: u32,
+    /// The pipe's capacity (non-zero: the niche that keeps `Option<Pipe>` at 16 bytes).
+    size: NonZeroU32,
 }
 
 impl Pipe {
@@ -132,9 +150,10 @@ impl Pipe {
         let Some((_, w)) = &self.fds else {
             return Err(io::ErrorKind::NotConnected.into());
         };
-        let room = self.size - self.len;
+        let room = self.size.get().saturating_sub(self.len) as usize;
         let n = rustix::pipe::splice(src, None, w, None, room, flags())?;
-        self.len += n;
+        // At most `room`, which fits.
+        self.len += n as u32;
         Ok(n)
     }
 
@@ -144,11 +163,12 @@ impl Pipe {
         let Some((r, _)) = &self.fds else {
             return Err(io::ErrorKind::NotConnected.into());
         };
-        let n = rustix::pipe::splice(r, None, dst, None, self.len, flags())?;
+        let n = rustix::pipe::splice(r, None, dst, None, self.len as usize, flags())?;
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
-        self.len -= n;
+        // At most `len`.
+        self.len -= n as u32;
         Ok(n)
     }
 }
@@ -159,19 +179,7 @@ fn flags() -> SpliceFlags {
 
 impl Drop for Pipe {
     fn drop(&mut self) {
-        let Some(fds) = self.fds.take() else { return };
-        if self.len == 0 {
-            let mut free = self.pool.free();
-            if free.len() < self.pool.max_pooled {
-                free.push(fds);
-                return;
-            }
-        }
-        drop(fds);
-        self.pool.open.fetch_sub(1, Ordering::Relaxed);
-        if self.pool.exported {
-            PIPES.dec();
-        }
+        POOL.give(self);
     }
 }
 
@@ -189,36 +197,46 @@ mod tests {
     use super::*;
     use std::os::fd::AsRawFd;
 
-    fn pool(max_open: usize) -> &'static Pool {
-        Box::leak(Box::new(Pool::new(max_open, 1, false)))
+    fn give(pool: &Pool, mut p: Pipe) {
+        pool.give(&mut p);
+    }
+
+    #[test]
+    fn a_pipe_is_small() {
+        assert!(std::mem::size_of::<Option<Pipe>>() <= 16);
+    }
+
+    fn pool(max_open: usize) -> Pool {
+        Pool::new(max_open, 1, false)
     }
 
     #[test]
     fn an_empty_pipe_goes_back_to_the_pool_and_one_with_bytes_is_closed() {
-        let pool = pool(8);
+        let pool = &pool(8);
         let p = pool.take().unwrap();
-        assert!(p.size >= 64 * 1024);
+        assert!(p.size.get() >= 64 * 1024);
         let fd = p.fds.as_ref().unwrap().0.as_raw_fd();
-        drop(p);
+        give(pool, p);
         assert_eq!(pool.free().len(), 1, "an empty pipe is pooled");
         let mut q = pool.take().unwrap();
         assert_eq!(q.fds.as_ref().unwrap().0.as_raw_fd(), fd, "reused");
         assert_eq!(pool.free().len(), 0);
         q.len = 1; // as if bytes were still in it
-        drop(q);
+        give(pool, q);
         assert_eq!(pool.free().len(), 0, "not pooled with bytes in it");
         assert_eq!(pool.open.load(Ordering::Relaxed), 0, "closed");
     }
 
     #[test]
     fn no_more_than_max_open_pipes() {
-        let pool = pool(2);
+        let pool = &pool(2);
         let a = pool.take().unwrap();
         let b = pool.take().unwrap();
         assert!(pool.take().is_none(), "a third pipe past the cap");
-        drop(a);
+        give(pool, a);
         let c = pool.take().expect("the pooled one is handed out again");
-        drop((b, c));
+        give(pool, b);
+        give(pool, c);
         assert_eq!(
             pool.open.load(Ordering::Relaxed),
             1,
