@@ -27,12 +27,13 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use crate::socket;
+use crate::splice::{self, Pipe};
 
 /// Bytes read per system call. On the stack, inside `poll` only, never initialised.
 const CHUNK: usize = 64 * 1024;
@@ -181,16 +182,44 @@ impl Future for Bidirectional<'_> {
 /// only what it could not take. Reads go through tokio's `poll_read`, which knows that a
 /// short read drained the socket and so saves the `EAGAIN` read a readiness loop would make;
 /// the buffer is uninitialised stack memory (no 64 KiB memset per read).
+///
+/// Bulk: once `SPLICE_AFTER` bytes have gone this way and a read brings at least
+/// `BULK_READ`, the direction splices (`splice`): socket → pipe → socket in the kernel,
+/// with a pipe taken from the pool only while bytes are in it. It goes back to reading when
+/// a burst ends small (the socket drained after less than `BULK_READ`), so a watch that once
+/// carried a large event does not pay splice's extra calls on every small one.
 struct OneWay<'a> {
     src: ReadHalf<'a>,
     dst: WriteHalf<'a>,
     counter: &'a Counter,
     /// Read but not yet written; empty (no allocation) almost always.
-    pending: Vec<u8>,
+    pending: Box<[u8]>,
     written: usize,
     total: u64,
-    done: bool,
+    mode: Mode,
+    /// Spliced in and not yet out; `None` (no pipe held) whenever it would be empty.
+    pipe: Option<Pipe>,
 }
+
+/// How a direction moves its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Through the stack buffer; splices once bulk is seen.
+    Read,
+    /// Spliced; the bytes of the current burst so far.
+    Splice { burst: u32 },
+    /// Through the stack buffer for good: splice failed as unsupported.
+    ReadOnly,
+    /// End of stream seen and passed on.
+    Done,
+}
+
+/// Bytes that must have gone one way before it may splice…
+pub const SPLICE_AFTER: u64 = 256 * 1024;
+/// …and the least a read must bring to count as bulk (a burst that ends with less goes
+/// back to reading).
+const BULK_READ: usize = 16 * 1024;
+const BULK_BURST: u32 = BULK_READ as u32;
 
 impl<'a> OneWay<'a> {
     fn new(src: ReadHalf<'a>, dst: WriteHalf<'a>, counter: &'a Counter) -> OneWay<'a> {
@@ -198,15 +227,16 @@ impl<'a> OneWay<'a> {
             src,
             dst,
             counter,
-            pending: Vec::new(),
+            pending: Box::default(),
             written: 0,
             total: 0,
-            done: false,
+            mode: Mode::Read,
+            pipe: None,
         }
     }
 
     fn poll_copy(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<u64>> {
-        if self.done {
+        if self.mode == Mode::Done {
             return Poll::Ready(Ok(self.total));
         }
         loop {
@@ -219,8 +249,39 @@ impl<'a> OneWay<'a> {
                 self.written += n;
             }
             if !self.pending.is_empty() {
-                self.pending = Vec::new();
+                self.pending = Box::default();
                 self.written = 0;
+            }
+            ready!(self.poll_drain_pipe(cx))?;
+            if let Mode::Splice { burst } = self.mode {
+                match ready!(self.poll_fill_pipe(cx)) {
+                    Ok(Fill::Moved(0)) => return Poll::Ready(Ok(self.end_of_stream())),
+                    Ok(Fill::Moved(n)) => {
+                        self.mode = Mode::Splice {
+                            burst: burst.saturating_add(u32::try_from(n).unwrap_or(u32::MAX)),
+                        };
+                        self.count(n);
+                        splice::spliced_bytes().inc_by(n as u64);
+                        continue;
+                    }
+                    Ok(Fill::NoPipe) => self.mode = Mode::Read,
+                    Ok(Fill::Drained) => {
+                        // Drained: the burst is over; back to reading if it was small.
+                        self.mode = if burst < BULK_BURST {
+                            Mode::Read
+                        } else {
+                            Mode::Splice { burst: 0 }
+                        };
+                        return Poll::Pending;
+                    }
+                    Err(e) if splice::unsupported(&e) => {
+                        tracing::debug!(error = %e, "splice unsupported; copying instead");
+                        self.pipe = None;
+                        self.mode = Mode::ReadOnly;
+                        continue;
+                    }
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
             }
             let mut buf = [MaybeUninit::<u8>::uninit(); CHUNK];
             let mut rb = ReadBuf::uninit(&mut buf);
@@ -228,12 +289,12 @@ impl<'a> OneWay<'a> {
             let data = rb.filled();
             let n = data.len();
             if n == 0 {
-                socket::shutdown_write(self.dst.as_ref());
-                self.done = true;
-                return Poll::Ready(Ok(self.total));
+                return Poll::Ready(Ok(self.end_of_stream()));
             }
-            self.total += n as u64;
-            self.counter.inc_by(n as u64);
+            self.count(n);
+            if self.mode == Mode::Read && n >= BULK_READ && self.total >= SPLICE_AFTER {
+                self.mode = Mode::Splice { burst: 0 };
+            }
             let dst: &TcpStream = self.dst.as_ref();
             let mut written = 0;
             while written < n {
@@ -245,10 +306,78 @@ impl<'a> OneWay<'a> {
                 }
             }
             if written < n {
-                self.pending = data[written..].to_vec();
+                self.pending = data[written..].into();
             }
         }
     }
+
+    fn count(&mut self, n: usize) {
+        self.total += n as u64;
+        self.counter.inc_by(n as u64);
+    }
+
+    /// EOF read (nothing pending, no pipe): passed on as a half-close.
+    fn end_of_stream(&mut self) -> u64 {
+        self.pipe = None;
+        socket::shutdown_write(self.dst.as_ref());
+        self.mode = Mode::Done;
+        self.total
+    }
+
+    /// Splices what the pipe holds into `dst`; ready once it is empty and given back.
+    fn poll_drain_pipe(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some(pipe) = &mut self.pipe else {
+            return Poll::Ready(Ok(()));
+        };
+        let dst: &TcpStream = self.dst.as_ref();
+        while !pipe.is_empty() {
+            ready!(dst.poll_write_ready(cx))?;
+            match dst.try_io(Interest::WRITABLE, || pipe.drain(dst)) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        self.pipe = None;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Splices what `src` has into a pipe taken from the pool. Once `src` is drained the
+    /// pipe is given back.
+    fn poll_fill_pipe(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Fill>> {
+        let src: &TcpStream = self.src.as_ref();
+        loop {
+            ready!(src.poll_read_ready(cx))?;
+            let pipe = match self.pipe.take().or_else(splice::take) {
+                Some(p) => self.pipe.insert(p),
+                None => return Poll::Ready(Ok(Fill::NoPipe)),
+            };
+            match src.try_io(Interest::READABLE, || pipe.fill(src)) {
+                Ok(n) => return Poll::Ready(Ok(Fill::Moved(n))),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.pipe = None;
+                    // Readiness was cleared: this registers for more (or finds it came).
+                    if src.poll_read_ready(cx).is_pending() {
+                        return Poll::Ready(Ok(Fill::Drained));
+                    }
+                }
+                Err(e) => {
+                    self.pipe = None;
+                    return Poll::Ready(Err(e));
+                }
+            }
+        }
+    }
+}
+
+/// What a splice from the source did.
+enum Fill {
+    /// Bytes into the pipe; 0 at end of stream.
+    Moved(usize),
+    /// The source has nothing now (the waker is registered); no pipe is held.
+    Drained,
+    /// No pipe to be had (`splice::MAX_PIPES` open, or out of descriptors).
+    NoPipe,
 }
 
 /// Writes all of `bytes`, waiting for the socket when it is full.
@@ -286,6 +415,7 @@ mod tests {
         let (mut server_side, mut server_app) = pair().await;
         let (cu, cd) = (Counter::default(), Counter::default());
         let (up, down) = (cu.clone(), cd.clone());
+        let spliced_before = splice::spliced_bytes().get();
         let proxy = tokio::spawn(async move {
             let none = Timeouts::default();
             bidirectional(&mut client_side, &mut server_side, &up, &down, &none).await
@@ -311,5 +441,10 @@ mod tests {
         assert_eq!(ended, Ended::Closed((payload.len() as u64, 16)));
         assert_eq!(cu.get(), payload.len() as u64);
         assert_eq!(cd.get(), 16);
+        // Past the threshold the bulk went through pipes (the counter is process-wide:
+        // only this test moves that much here).
+        let spliced = splice::spliced_bytes().get() - spliced_before;
+        assert!(spliced > 0, "nothing spliced");
+        assert!(spliced <= payload.len() as u64 - SPLICE_AFTER, "{spliced}");
     }
 }

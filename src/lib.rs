@@ -26,6 +26,7 @@ mod properties;
 pub mod proxy;
 pub mod run;
 pub mod socket;
+pub mod splice;
 pub mod status;
 pub mod tls;
 pub mod util;

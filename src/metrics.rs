@@ -166,6 +166,17 @@ impl Metrics {
             "Log lines dropped because stderr could not take them (its reader gone, disk full)",
             crate::logging::write_errors().clone(),
         );
+        registry.register(
+            "spliced_bytes",
+            "Bytes of bulk transfers moved by splice(2), kernel to kernel, rather than through \
+             apilb's memory (both directions, all servers; also counted in apilb_bytes)",
+            crate::splice::spliced_bytes().clone(),
+        );
+        registry.register(
+            "splice_pipes",
+            "Pipes open for splice(2): held by transfers with bytes in flight, or pooled empty",
+            crate::splice::pipes_open().clone(),
+        );
         let m = Metrics {
             server_state: Family::default(),
             active: Family::default(),

@@ -344,7 +344,6 @@ impl Proxy {
         peer: SocketAddr,
         silent: (u64, CancellationToken),
     ) {
-        socket::tune_client(&client);
         // Boxed: setting up (the first flight, then connect and first-byte racing) is the
         // biggest state of a connection's life, and boxing it keeps it out of the task that
         // then sits idle for hours on a watch.

@@ -4,6 +4,11 @@
 //! that vanished between two health checks) errors within seconds rather than the kernel's
 //! default of minutes; both sides get TCP_NODELAY (apiserver traffic is request/response).
 //! Failing to set an option is logged at debug and never fails a connection.
+//!
+//! Options cost a system call each, per connection: client sockets inherit TCP_NODELAY from
+//! their listener (set once there), and upstream sockets get five (no TCP_KEEPCNT: under
+//! TCP_USER_TIMEOUT the kernel closes a keepalive-probed connection by the user timeout,
+//! not by the probe count).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -15,9 +20,9 @@ use tokio::net::TcpStream;
 pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(5);
 /// …are repeated this often…
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
-/// …and this many unanswered probes kill the connection (5 + 3×2 = 11 s).
-pub const KEEPALIVE_RETRIES: u32 = 3;
-/// Data unacknowledged this long kills the connection.
+/// …and the first probe to go out once the peer has been silent this long kills the
+/// connection (probes at 5, 7, 9, 11 s: closed at 11 s); so does data unacknowledged this
+/// long. With TCP_USER_TIMEOUT set the kernel ignores TCP_KEEPCNT, so it is not set.
 pub const USER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A listening socket with SO_REUSEADDR (a restarted apilb binds at once, whatever is left
@@ -35,15 +40,18 @@ pub fn listen(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::T
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
+    nodelay_for_accepted(&socket);
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     Ok(socket.into())
 }
 
-pub fn tune_client(s: &TcpStream) {
-    if let Err(e) = s.set_nodelay(true) {
-        tracing::debug!(error = %e, "TCP_NODELAY on client socket");
+/// TCP_NODELAY on a listener: Linux copies it into every socket the listener accepts, so
+/// client connections need no option call of their own.
+fn nodelay_for_accepted(listener: &Socket) {
+    if let Err(e) = listener.set_tcp_nodelay(true) {
+        tracing::debug!(error = %e, "TCP_NODELAY on listener");
     }
 }
 
@@ -51,8 +59,7 @@ pub fn tune_upstream(s: &TcpStream) {
     let sock = SockRef::from(s);
     let ka = TcpKeepalive::new()
         .with_time(KEEPALIVE_IDLE)
-        .with_interval(KEEPALIVE_INTERVAL)
-        .with_retries(KEEPALIVE_RETRIES);
+        .with_interval(KEEPALIVE_INTERVAL);
     let results = [
         sock.set_tcp_nodelay(true),
         sock.set_tcp_keepalive(&ka),
@@ -138,6 +145,7 @@ pub fn take_or_listen(
     {
         let l = inherited.swap_remove(i);
         l.set_nonblocking(true)?;
+        nodelay_for_accepted(&SockRef::from(&l));
         tracing::info!(%addr, "serving on an inherited socket (socket activation)");
         return Ok(l);
     }
@@ -173,6 +181,42 @@ mod tests {
         let shared = listen("127.0.0.1:0".parse().unwrap(), true).unwrap();
         let e = listen(shared.local_addr().unwrap(), false).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EADDRINUSE));
+    }
+
+    /// Client sockets get TCP_NODELAY from their listener, not from a call of their own.
+    #[tokio::test]
+    async fn accepted_sockets_inherit_nodelay_from_the_listener() {
+        let l =
+            TcpListener::from_std(listen("127.0.0.1:0".parse().unwrap(), false).unwrap()).unwrap();
+        let c = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        assert!(s.nodelay().unwrap());
+        drop((c, s));
+        // Not the default: a plain listener's accepted sockets have it off.
+        let plain = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _c = tokio::net::TcpStream::connect(plain.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (s, _) = plain.accept().await.unwrap();
+        assert!(!s.nodelay().unwrap());
+    }
+
+    /// Keepalive without TCP_KEEPCNT (redundant under TCP_USER_TIMEOUT).
+    #[tokio::test]
+    async fn upstream_options() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+            .await
+            .unwrap();
+        tune_upstream(&c);
+        let s = SockRef::from(&c);
+        assert!(s.tcp_nodelay().unwrap());
+        assert!(s.keepalive().unwrap());
+        assert_eq!(s.tcp_keepalive_time().unwrap(), KEEPALIVE_IDLE);
+        assert_eq!(s.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
+        assert_eq!(s.tcp_user_timeout().unwrap(), Some(USER_TIMEOUT));
     }
 
     #[test]

@@ -37,6 +37,19 @@ async fn bytes_exact_both_ways_and_half_close_propagated() {
     assert_eq!(back.len(), payload.len() + trailer.len());
     assert!(back[..payload.len()] == payload[..], "bytes differ");
     assert_eq!(&back[payload.len()..], trailer);
+    // The bulk went through pipes (splice), and the byte counters still count the bytes.
+    let spliced = lb.metric("apilb_spliced_bytes_total", &[]).await;
+    assert!(spliced > 0.0, "nothing was spliced");
+    let up = lb
+        .metric("apilb_bytes_total", &["direction=\"to_server\""])
+        .await;
+    let down = lb
+        .metric("apilb_bytes_total", &["direction=\"to_client\""])
+        .await;
+    // (to_server leaves out what the client sent before the server's first byte.)
+    assert!(up > 0.0 && up <= payload.len() as f64, "{up}");
+    assert_eq!(down, (payload.len() + trailer.len()) as f64);
+    assert!(spliced <= up + down, "{spliced} spliced of {}", up + down);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
