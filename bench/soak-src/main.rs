@@ -54,11 +54,11 @@ use serde_json::json;
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 
-use crate::analyse::analyse;
+use crate::analyse::{analyse, Analysis};
 use crate::apilb_log::read_apilb_log;
 use crate::faults::{iptables, run_faults, Servers};
-use crate::resources::{admin_get, admin_status, alive, counters, sample};
-use crate::schedule::{schedule, Kind};
+use crate::resources::{admin_get, admin_status, alive, counters, sample, wait_ready, Sample};
+use crate::schedule::{schedule, Fault, Kind};
 use crate::traffic::record::{Ctx, Recorder};
 use crate::traffic::workers::{idle, keepalive, new_connections, slow, transfers, watcher};
 use common::{Apilb, Pki, Relay, Standin};
@@ -170,11 +170,19 @@ fn main() -> ExitCode {
     rt.block_on(soak(args))
 }
 
-async fn soak(args: Args) -> ExitCode {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let pki = Pki::new();
-    let seconds = args.seconds as f64;
-    let faults = schedule(args.seed, seconds);
+/// The stand-ins, their relays and apilb, started; apilb holding every server ready.
+struct Setup {
+    lb: Apilb,
+    servers: Arc<Servers>,
+    ctx: Arc<Ctx>,
+    /// apilb's server names (the relays' addresses) → the stand-ins' names.
+    names: HashMap<String, String>,
+}
+
+/// Starts three stand-ins (each with the shutdown delay of its next graceful shutdown), a
+/// latency relay in front of each, and apilb in front of the relays; waits until apilb's
+/// `/status` holds every server ready. Err: what could not start.
+async fn start(args: &Args, pki: &Pki, faults: &[Fault]) -> Result<Setup, &'static str> {
     // Each stand-in is started with the shutdown delay of its next graceful shutdown.
     let delays: Vec<VecDeque<f64>> = (0..3)
         .map(|i| {
@@ -190,7 +198,7 @@ async fn soak(args: Args) -> ExitCode {
             .map(|i| {
                 let delay = delays[usize::from(i)].front().copied().unwrap_or(0.0);
                 Standin::start_graceful(
-                    &pki,
+                    pki,
                     [127, 0, 0, 2 + i],
                     &format!("cp{}", i + 1),
                     Duration::from_secs_f64(delay),
@@ -200,8 +208,7 @@ async fn soak(args: Args) -> ExitCode {
         s
     }));
     let Ok(standins) = setup else {
-        eprintln!("soak: could not start the stand-in servers");
-        return ExitCode::from(2);
+        return Err("could not start the stand-in servers");
     };
     let direct: Vec<SocketAddr> = standins.iter().map(|s| s.addr).collect();
     // A latency relay in front of each (127.0.0.5–7: the test certificate holds them, and
@@ -224,18 +231,17 @@ async fn soak(args: Args) -> ExitCode {
         }
         a.push("--ca-file".into());
         a.push(pki.ca.display().to_string());
-        let lb = Apilb::start_args(a, None);
-        for addr in &addrs {
-            lb.wait_state(0, *addr, "ready", Duration::from_secs(10));
-        }
-        lb
+        Apilb::start_args(a, None)
     }));
     let Ok(lb) = lb else {
-        eprintln!("soak: apilb did not start or its servers did not become ready");
-        return ExitCode::from(2);
+        return Err("apilb did not start");
     };
-    let h1 = tls_connector(&pki, b"http/1.1");
-    let h2 = tls_connector(&pki, b"h2");
+    // apilb's typed state: every server ready in its /status.
+    if !wait_ready(&lb, &addrs, Duration::from_secs(10)).await {
+        return Err("apilb's servers did not become ready (its /status) within 10 s");
+    }
+    let h1 = tls_connector(pki, b"http/1.1");
+    let h2 = tls_connector(pki, b"h2");
     let servers = Arc::new(Servers {
         standins: standins.into_iter().map(Mutex::new).collect(),
         direct: direct.clone(),
@@ -256,45 +262,32 @@ async fn soak(args: Args) -> ExitCode {
         rec: Recorder::default(),
         seed: args.seed,
     });
-    let wall0 = SystemTime::now();
-    println!(
-        "soak: apilb {} in front of cp1 {} cp2 {} cp3 {} (through relays {} {} {}); {} s, seed {}, {} faults planned",
-        lb.listen,
-        direct[0],
-        direct[1],
-        direct[2],
-        addrs[0],
-        addrs[1],
-        addrs[2],
-        args.seconds,
-        args.seed,
-        faults.len()
-    );
+    Ok(Setup {
+        lb,
+        servers,
+        ctx,
+        names,
+    })
+}
 
-    // The start: idle apilb, its servers ready, before any client.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let Some(baseline) = sample(&ctx, &lb).await else {
-        eprintln!("soak: cannot read apilb's /proc entries");
-        return ExitCode::from(2);
-    };
+/// Ctrl-C / SIGTERM end the run early (with the report and full cleanup).
+fn stop_on_signals(stop: CancellationToken) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut a), Ok(mut b)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return;
+        };
+        tokio::select! { _ = a.recv() => {}, _ = b.recv() => {} }
+        eprintln!("soak: interrupted; stopping early");
+        stop.cancel();
+    });
+}
 
-    // Ctrl-C / SIGTERM end the run early (with the report and full cleanup).
-    {
-        let stop = ctx.stop.clone();
-        tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut a), Ok(mut b)) = (
-                signal(SignalKind::interrupt()),
-                signal(SignalKind::terminate()),
-            ) else {
-                return;
-            };
-            tokio::select! { _ = a.recv() => {}, _ = b.recv() => {} }
-            eprintln!("soak: interrupted; stopping early");
-            stop.cancel();
-        });
-    }
-
+/// The client mix (bench/SOAK.md's table), each worker looping until the run stops.
+fn spawn_workers(ctx: &Arc<Ctx>) -> tokio::task::JoinSet<()> {
     let mut workers = tokio::task::JoinSet::new();
     let mut wid = 0u64;
     for _ in 0..6 {
@@ -325,9 +318,17 @@ async fn soak(args: Args) -> ExitCode {
         wid += 1;
         workers.spawn(slow(ctx.clone(), wid));
     }
-    let fault_task = tokio::spawn(run_faults(ctx.clone(), servers.clone(), faults.clone()));
+    workers
+}
 
-    // Sample every second until the end (or a crash).
+/// Samples apilb every second until the end of the run (or a crash, or a stop): the
+/// samples after `baseline`, and what crashed.
+async fn sample_run(
+    ctx: &Ctx,
+    lb: &Apilb,
+    baseline: Sample,
+    seconds: f64,
+) -> (Vec<Sample>, Option<String>) {
     let mut samples = vec![baseline];
     let mut crashed = None;
     let mut next_print = 10.0;
@@ -339,7 +340,7 @@ async fn soak(args: Args) -> ExitCode {
             crashed = Some(format!("apilb (pid {}) exited during the run", lb.pid()));
             break;
         }
-        if let Some(s) = sample(&ctx, &lb).await {
+        if let Some(s) = sample(ctx, lb).await {
             if s.t >= next_print {
                 next_print += 10.0;
                 let failed = ctx.rec.failures.lock().unwrap().len();
@@ -358,29 +359,30 @@ async fn soak(args: Args) -> ExitCode {
             break;
         }
     }
-    let traffic_end = ctx.now();
-    ctx.stop.cancel();
-    while workers.join_next().await.is_some() {}
-    let faults = match fault_task.await {
-        Ok(f) => f,
-        Err(_) => faults,
-    };
-    servers.restore_all();
-    println!("soak: {traffic_end:7.2}s  traffic stopped; every fault lifted");
+    (samples, crashed)
+}
 
-    // The end: traffic stopped, every fault lifted. Wait (bounded) for apilb to see every
-    // server ready and to close what it had open, then sample.
+/// The end: traffic stopped, every fault lifted. Waits (bounded) for apilb to hold every
+/// server ready (its /status) and to close what it had open, then samples: the end sample
+/// (None if apilb is gone, which sets `crashed`).
+async fn settle(
+    ctx: &Ctx,
+    lb: &Apilb,
+    baseline: Sample,
+    samples: &mut Vec<Sample>,
+    crashed: &mut Option<String>,
+) -> Option<Sample> {
     let mut end = None;
     if crashed.is_none() {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let status = admin_status(&lb).await;
+            let status = admin_status(lb).await;
             let ready = status.as_ref().is_some_and(|v| {
                 v["servers"]
                     .as_array()
                     .is_some_and(|a| a.iter().all(|s| s["state"] == "ready"))
             });
-            let s = sample(&ctx, &lb).await;
+            let s = sample(ctx, lb).await;
             if let Some(s) = s {
                 samples.push(s);
                 end = Some(s);
@@ -394,22 +396,23 @@ async fn soak(args: Args) -> ExitCode {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         if !alive(lb.pid()) {
-            crashed = Some(format!("apilb (pid {}) exited after the run", lb.pid()));
+            *crashed = Some(format!("apilb (pid {}) exited after the run", lb.pid()));
             end = None;
         }
     }
+    end
+}
 
+/// apilb's counters from /metrics, then its stop on SIGTERM (reported, not judged).
+async fn stop_apilb(lb: &mut Apilb, crashed: &Option<String>) -> (Vec<String>, String) {
     let metrics = if crashed.is_none() {
-        admin_get(&lb, "/metrics")
+        admin_get(lb, "/metrics")
             .await
             .map(|m| counters(&m))
             .unwrap_or_default()
     } else {
         Vec::new()
     };
-
-    // A clean stop is part of the verdict's evidence (reported, not judged).
-    let mut lb = lb;
     let sigterm = if crashed.is_none() {
         lb.signal(libc::SIGTERM);
         match std::panic::catch_unwind(AssertUnwindSafe(|| lb.wait_exit(Duration::from_secs(15)))) {
@@ -420,30 +423,12 @@ async fn soak(args: Args) -> ExitCode {
     } else {
         "-".to_string()
     };
-    let view = read_apilb_log(&lb.logs(), wall0, &names);
-    let interrupted = crashed.is_none() && traffic_end < seconds - 1.0;
-    let mut analysis = analyse(
-        &args,
-        &ctx,
-        &faults,
-        &samples,
-        &view,
-        traffic_end,
-        baseline,
-        end,
-        crashed,
-        sigterm,
-        metrics,
-    );
+    (metrics, sigterm)
+}
 
-    analysis.report["interrupted"] = json!(interrupted);
-    if interrupted {
-        analysis.markdown = analysis.markdown.replacen(
-            "\n\n",
-            &format!("\n\n**Interrupted** at {traffic_end:.1} s: a partial run.\n\n"),
-            1,
-        );
-    }
+/// Writes soak-latest.{json,md} and apilb's notable log lines to `--out`, and prints the
+/// Markdown.
+fn write_outputs(args: &Args, analysis: &Analysis, lb: &Apilb) {
     if let Err(e) = std::fs::create_dir_all(&args.out) {
         eprintln!("soak: cannot create {}: {e}", args.out.display());
     }
@@ -474,6 +459,89 @@ async fn soak(args: Args) -> ExitCode {
         json_path.display(),
         log_path.display()
     );
+}
+
+/// The run's phases: start, baseline, traffic under faults, settle, stop, analyse, report.
+async fn soak(args: Args) -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let pki = Pki::new();
+    let seconds = args.seconds as f64;
+    let faults = schedule(args.seed, seconds);
+    let Setup {
+        lb,
+        servers,
+        ctx,
+        names,
+    } = match start(&args, &pki, &faults).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("soak: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let wall0 = SystemTime::now();
+    println!(
+        "soak: apilb {} in front of cp1 {} cp2 {} cp3 {} (through relays {} {} {}); {} s, seed {}, {} faults planned",
+        lb.listen,
+        servers.direct[0],
+        servers.direct[1],
+        servers.direct[2],
+        servers.addrs[0],
+        servers.addrs[1],
+        servers.addrs[2],
+        args.seconds,
+        args.seed,
+        faults.len()
+    );
+
+    // The start: idle apilb, its servers ready, before any client.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let Some(baseline) = sample(&ctx, &lb).await else {
+        eprintln!("soak: cannot read apilb's /proc entries");
+        return ExitCode::from(2);
+    };
+    stop_on_signals(ctx.stop.clone());
+
+    let mut workers = spawn_workers(&ctx);
+    let fault_task = tokio::spawn(run_faults(ctx.clone(), servers.clone(), faults.clone()));
+    let (mut samples, mut crashed) = sample_run(&ctx, &lb, baseline, seconds).await;
+    let traffic_end = ctx.now();
+    ctx.stop.cancel();
+    while workers.join_next().await.is_some() {}
+    let faults = match fault_task.await {
+        Ok(f) => f,
+        Err(_) => faults,
+    };
+    servers.restore_all();
+    println!("soak: {traffic_end:7.2}s  traffic stopped; every fault lifted");
+    let end = settle(&ctx, &lb, baseline, &mut samples, &mut crashed).await;
+    let mut lb = lb;
+    let (metrics, sigterm) = stop_apilb(&mut lb, &crashed).await;
+    let view = read_apilb_log(&lb.logs(), wall0, &names);
+    let interrupted = crashed.is_none() && traffic_end < seconds - 1.0;
+    let mut analysis = analyse(
+        &args,
+        &ctx,
+        &faults,
+        &samples,
+        &view,
+        traffic_end,
+        baseline,
+        end,
+        crashed,
+        sigterm,
+        metrics,
+    );
+
+    analysis.report["interrupted"] = json!(interrupted);
+    if interrupted {
+        analysis.markdown = analysis.markdown.replacen(
+            "\n\n",
+            &format!("\n\n**Interrupted** at {traffic_end:.1} s: a partial run.\n\n"),
+            1,
+        );
+    }
+    write_outputs(&args, &analysis, &lb);
     drop(lb);
     drop(servers);
     if analysis.fail_reasons.is_empty() {

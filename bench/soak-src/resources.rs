@@ -1,6 +1,7 @@
 //! apilb's resources and admin endpoint, sampled during the run: RSS, descriptors,
 //! liveness, `/status` and `/metrics`.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -96,4 +97,38 @@ pub(crate) async fn sample(ctx: &Ctx, lb: &Apilb) -> Option<Sample> {
         fds: fds(pid)?,
         conns,
     })
+}
+
+/// Whether apilb's `/status` holds every one of `servers` (by address) ready.
+pub(crate) async fn all_ready(lb: &Apilb, servers: &[SocketAddr]) -> bool {
+    let Some(status) = admin_status(lb).await else {
+        return false;
+    };
+    let Some(list) = status["servers"].as_array() else {
+        return false;
+    };
+    servers.iter().all(|addr| {
+        let addr = addr.to_string();
+        list.iter().any(|s| {
+            s["state"] == "ready"
+                && s["addresses"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|x| x == addr.as_str()))
+        })
+    })
+}
+
+/// Polls apilb's `/status` until it holds every one of `servers` ready; false after
+/// `timeout`.
+pub(crate) async fn wait_ready(lb: &Apilb, servers: &[SocketAddr], timeout: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if all_ready(lb, servers).await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
