@@ -28,6 +28,12 @@
 //!
 //! Built as a `harness = false` bench target so that it can share the integration tests'
 //! harness (`tests/common`), which needs the paths of the binaries Cargo builds.
+//!
+//! This file parses the arguments and runs the phases (start, baseline, traffic under
+//! faults, settle, stop, analyse, report). `schedule` plans the faults and `faults` carries
+//! them out; `traffic/` is the client load and its byte checks; `resources` samples apilb
+//! and reads its admin endpoint; `apilb_log` reads its log after the run; `analyse/` judges
+//! the run and words the report.
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
