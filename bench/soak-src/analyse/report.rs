@@ -190,19 +190,66 @@ pub(crate) fn json(
     mismatches: &[Mismatch],
     fail_reasons: &[String],
 ) -> Value {
-    let (view, conns, graceful) = (facts.view, facts.conns, &facts.graceful);
+    let conns = facts.conns;
+    let pass = fail_reasons.is_empty();
+    let verdicts = apilb_verdicts_json(facts, found);
     let Run {
         args,
         ctx,
-        samples,
         traffic_end,
-        baseline,
-        end,
-        crashed,
-        sigterm,
-        metrics,
         ..
     } = run;
+    let Findings {
+        verdicts: Verdicts { spike_reports, .. },
+        ..
+    } = &*found;
+    let Totals {
+        requests_ok,
+        requests_failed,
+        bytes_up,
+        bytes_down,
+        by_op,
+        fault_json,
+        kinds_count,
+        ..
+    } = totals;
+    let report = json!({
+        "pass": pass,
+        "fail_reasons": fail_reasons,
+        "seconds": args.seconds,
+        "seed": args.seed,
+        "traffic_seconds": (traffic_end * 10.0).round() / 10.0,
+        "failover_target_seconds": FAILOVER_TARGET,
+        "requests": {
+            "ok": requests_ok,
+            "failed": requests_failed,
+            "by_op": by_op,
+            "connections_opened": conns.len(),
+            "watch_events": ctx.rec.watch_events.load(Ordering::Relaxed),
+        },
+        "bytes": { "client_to_apilb": bytes_up, "apilb_to_client": bytes_down },
+        "failures": failures_json(found),
+        "retried": retried_json(found),
+        "graceful_shutdowns": graceful_shutdowns_json(facts, found),
+        "healthy_streams_reset": healthy_streams_reset_json(found),
+        "apilb_closes": apilb_closes_json(found),
+        "spikes": spike_reports,
+        "byte_mismatches": mismatches.len(),
+        "mismatch_list": mismatches.iter().take(20).map(|m| json!({
+            "op": m.op, "connection": m.conn, "t": m.at, "what": m.what,
+        })).collect::<Vec<_>>(),
+        "failover": failover_json(found),
+        "faults": { "count": kinds_count, "list": fault_json },
+        "apilb_verdicts": verdicts,
+        "apilb": apilb_json(run, facts),
+        "resources": resources_json(run, found),
+    });
+    report
+}
+
+/// Failures by class (`failures`).
+fn failures_json(found: &Findings) -> Value {
+    let other_count = found.failures.other.len();
     let Findings {
         failures:
             Failures {
@@ -214,12 +261,43 @@ pub(crate) fn json(
                 raced_idle_close,
                 ..
             },
+        ..
+    } = found;
+    json!({
+        "unsavable": unsavable,
+        "unsavable_by_fault": unsavable_by,
+        "cut_by_a_graceful_shutdown": cut.len(),
+        "cut_list": cut.iter().take(30).collect::<Vec<_>>(),
+        "posts_that_raced_a_leaving_servers_idle_close": raced_idle_close,
+        "other": other_count,
+        "other_list": other.iter().take(50).collect::<Vec<_>>(),
+        "unsavable_examples": unsavable_examples,
+    })
+}
+
+/// Requests the server never took (`retried`).
+fn retried_json(found: &Findings) -> Value {
+    let retried_total: u64 = found.retried.retried_by.values().sum();
+    let Findings {
         retried:
             Retried {
                 retried_by,
                 retried_unexplained,
                 ..
             },
+        ..
+    } = found;
+    json!({
+        "total": retried_total,
+        "by_fault": retried_by,
+        "with_no_fault_on_the_server": retried_unexplained,
+    })
+}
+
+/// Graceful shutdowns (`graceful`).
+fn graceful_shutdowns_json(facts: &Facts<'_>, found: &Findings) -> Value {
+    let graceful = &facts.graceful;
+    let Findings {
         shutdowns:
             Shutdowns {
                 shutdowns,
@@ -232,23 +310,71 @@ pub(crate) fn json(
                 reached_after_close,
                 ..
             },
+        ..
+    } = found;
+    json!({
+        "count": graceful.len(),
+        "in_flight_at_listener_close": in_flight_at_close,
+        "in_flight_at_listener_close_intact": in_flight_at_close_intact,
+        "in_flight_during_shutdown": in_flight_during,
+        "in_flight_during_shutdown_intact": in_flight_during_intact,
+        "watches_ended_cleanly": watches_ended_clean,
+        "requests_never_taken_retried": retried_on_leaving,
+        "new_connections_after_listener_closed": reached_after_close,
+        "list": shutdowns,
+    })
+}
+
+/// Healthy streams reset (`resets`).
+fn healthy_streams_reset_json(found: &Findings) -> Value {
+    let Findings {
+        resets:
+            Resets {
+                healthy_closed,
+                healthy_ended,
+                healthy_reset,
+                ..
+            },
+        ..
+    } = found;
+    json!({
+        "total": healthy_reset,
+        "closed_by_apilb_while_not_silent": healthy_closed,
+        "ended_with_no_fault_on_their_server": healthy_ended.iter().take(50).collect::<Vec<_>>(),
+        "ended_with_no_fault_count": healthy_ended.len(),
+    })
+}
+
+/// apilb's failover closes, its log against its counter (`resets`).
+fn apilb_closes_json(found: &Findings) -> Value {
+    let Findings {
         resets:
             Resets {
                 closed_by_apilb,
                 closed_by_apilb_per_server,
-                healthy_closed,
                 silent_close_events,
-                healthy_ended,
-                healthy_reset,
                 ..
             },
         counters:
             Counters {
                 metric_closed,
                 metric_closed_total,
-                health_failures_by_cause,
                 ..
             },
+        ..
+    } = found;
+    json!({
+        "connections_closed_log": closed_by_apilb,
+        "connections_closed_log_per_server": closed_by_apilb_per_server,
+        "connections_closed_metric": metric_closed_total,
+        "connections_closed_metric_per_server": metric_closed,
+        "silent_server_closes": silent_close_events,
+    })
+}
+
+/// Connections pinned to a dead server (`failover`).
+fn failover_json(found: &Findings) -> Value {
+    let Findings {
         failover:
             Failover {
                 pinned,
@@ -259,17 +385,37 @@ pub(crate) fn json(
                 ..
             },
         max_gap,
+        ..
+    } = found;
+    json!({
+        "connections_pinned_to_a_dead_server": pinned,
+        "closed_within_target": closed_in_time,
+        "resumed_after_a_short_fault": resumed,
+        "left_hanging": hanging.len(),
+        "hanging_list": hanging.iter().take(30).collect::<Vec<_>>(),
+        "close_after_fault_seconds": latency_table,
+        "longest_watch_silence_seconds": (*max_gap * 100.0).round() / 100.0,
+    })
+}
+
+/// apilb's verdicts (`verdicts`, `routing`).
+fn apilb_verdicts_json(facts: &Facts<'_>, found: &mut Findings) -> Value {
+    let view = facts.view;
+    let detect_json = lat_json(&mut found.verdicts.detect);
+    let recover_json = lat_json(&mut found.verdicts.recover);
+    let Findings {
+        counters: Counters {
+            health_failures_by_cause,
+            ..
+        },
         verdicts:
             Verdicts {
-                detect,
-                recover,
                 never_detected,
                 never_recovered,
                 other_verdict,
                 not_ready_unseen,
                 stall_flips,
                 spike_flips,
-                spike_reports,
                 ..
             },
         unexplained:
@@ -286,6 +432,58 @@ pub(crate) fn json(
                 per_server,
                 ..
             },
+        ..
+    } = found;
+    json!({
+        "detected_after_seconds": detect_json,
+        "back_ready_after_lift_seconds": recover_json,
+        "never_detected": never_detected,
+        "never_back_ready": never_recovered,
+        "noticed_as_another_state_than_the_model_gives": other_verdict,
+        "not_ready_unseen_shorter_than_a_readyz_interval": not_ready_unseen,
+        "state_changes_during_a_latency_spike": spike_flips,
+        "health_failures_by_cause": health_failures_by_cause,
+        "state_changes_without_a_fault": spurious,
+        "state_changes_on_a_sub_second_stall": stall_flips,
+        "passive_marks_without_a_fault": spurious_passive,
+        "connections_sent_to_a_server_held_down_or_not_ready": misrouted.len(),
+        "misrouted_list": misrouted.iter().take(30).collect::<Vec<_>>(),
+        "fallbacks_to_a_server_not_held_ready_as_every_ready_one_was_dead": fallbacks,
+        "fallbacks_while_another_server_had_become_ready_since_the_order_was_made": stale_order,
+        "connections_per_server": per_server,
+        "panic_mode_entered": view.panic_mode.len(),
+    })
+}
+
+/// apilb's crash, panics, log and stop.
+fn apilb_json(run: &Run<'_>, facts: &Facts<'_>) -> Value {
+    let view = facts.view;
+    let Run {
+        crashed,
+        sigterm,
+        metrics,
+        ..
+    } = run;
+    json!({
+        "crashed": crashed,
+        "panics": view.panics,
+        "warnings": view.warnings,
+        "errors": view.errors.iter().take(20).collect::<Vec<_>>(),
+        "state_changes": view.state_changes,
+        "sigterm": sigterm,
+        "metrics_at_end": metrics,
+    })
+}
+
+/// apilb's resources (`leaks`).
+fn resources_json(run: &Run<'_>, found: &Findings) -> Value {
+    let Run {
+        samples,
+        baseline,
+        end,
+        ..
+    } = run;
+    let Findings {
         resources:
             Resources {
                 mid_rss,
@@ -298,131 +496,17 @@ pub(crate) fn json(
             },
         ..
     } = found;
-    let Totals {
-        requests_ok,
-        requests_failed,
-        bytes_up,
-        bytes_down,
-        by_op,
-        fault_json,
-        kinds_count,
-        ..
-    } = totals;
-    let pass = fail_reasons.is_empty();
-    let other_count = other.len();
-    let retried_total: u64 = retried_by.values().sum();
-    let detect_json = lat_json(detect);
-    let recover_json = lat_json(recover);
-    let report = json!({
-        "pass": pass,
-        "fail_reasons": fail_reasons,
-        "seconds": args.seconds,
-        "seed": args.seed,
-        "traffic_seconds": (traffic_end * 10.0).round() / 10.0,
-        "failover_target_seconds": FAILOVER_TARGET,
-        "requests": {
-            "ok": requests_ok,
-            "failed": requests_failed,
-            "by_op": by_op,
-            "connections_opened": conns.len(),
-            "watch_events": ctx.rec.watch_events.load(Ordering::Relaxed),
-        },
-        "bytes": { "client_to_apilb": bytes_up, "apilb_to_client": bytes_down },
-        "failures": {
-            "unsavable": unsavable,
-            "unsavable_by_fault": unsavable_by,
-            "cut_by_a_graceful_shutdown": cut.len(),
-            "cut_list": cut.iter().take(30).collect::<Vec<_>>(),
-            "posts_that_raced_a_leaving_servers_idle_close": raced_idle_close,
-            "other": other_count,
-            "other_list": other.iter().take(50).collect::<Vec<_>>(),
-            "unsavable_examples": unsavable_examples,
-        },
-        "retried": {
-            "total": retried_total,
-            "by_fault": retried_by,
-            "with_no_fault_on_the_server": retried_unexplained,
-        },
-        "graceful_shutdowns": {
-            "count": graceful.len(),
-            "in_flight_at_listener_close": in_flight_at_close,
-            "in_flight_at_listener_close_intact": in_flight_at_close_intact,
-            "in_flight_during_shutdown": in_flight_during,
-            "in_flight_during_shutdown_intact": in_flight_during_intact,
-            "watches_ended_cleanly": watches_ended_clean,
-            "requests_never_taken_retried": retried_on_leaving,
-            "new_connections_after_listener_closed": reached_after_close,
-            "list": shutdowns,
-        },
-        "healthy_streams_reset": {
-            "total": healthy_reset,
-            "closed_by_apilb_while_not_silent": healthy_closed,
-            "ended_with_no_fault_on_their_server": healthy_ended.iter().take(50).collect::<Vec<_>>(),
-            "ended_with_no_fault_count": healthy_ended.len(),
-        },
-        "apilb_closes": {
-            "connections_closed_log": closed_by_apilb,
-            "connections_closed_log_per_server": closed_by_apilb_per_server,
-            "connections_closed_metric": metric_closed_total,
-            "connections_closed_metric_per_server": metric_closed,
-            "silent_server_closes": silent_close_events,
-        },
-        "spikes": spike_reports,
-        "byte_mismatches": mismatches.len(),
-        "mismatch_list": mismatches.iter().take(20).map(|m| json!({
-            "op": m.op, "connection": m.conn, "t": m.at, "what": m.what,
-        })).collect::<Vec<_>>(),
-        "failover": {
-            "connections_pinned_to_a_dead_server": pinned,
-            "closed_within_target": closed_in_time,
-            "resumed_after_a_short_fault": resumed,
-            "left_hanging": hanging.len(),
-            "hanging_list": hanging.iter().take(30).collect::<Vec<_>>(),
-            "close_after_fault_seconds": latency_table,
-            "longest_watch_silence_seconds": (*max_gap * 100.0).round() / 100.0,
-        },
-        "faults": { "count": kinds_count, "list": fault_json },
-        "apilb_verdicts": {
-            "detected_after_seconds": detect_json,
-            "back_ready_after_lift_seconds": recover_json,
-            "never_detected": never_detected,
-            "never_back_ready": never_recovered,
-            "noticed_as_another_state_than_the_model_gives": other_verdict,
-            "not_ready_unseen_shorter_than_a_readyz_interval": not_ready_unseen,
-            "state_changes_during_a_latency_spike": spike_flips,
-            "health_failures_by_cause": health_failures_by_cause,
-            "state_changes_without_a_fault": spurious,
-            "state_changes_on_a_sub_second_stall": stall_flips,
-            "passive_marks_without_a_fault": spurious_passive,
-            "connections_sent_to_a_server_held_down_or_not_ready": misrouted.len(),
-            "misrouted_list": misrouted.iter().take(30).collect::<Vec<_>>(),
-            "fallbacks_to_a_server_not_held_ready_as_every_ready_one_was_dead": fallbacks,
-            "fallbacks_while_another_server_had_become_ready_since_the_order_was_made": stale_order,
-            "connections_per_server": per_server,
-            "panic_mode_entered": view.panic_mode.len(),
-        },
-        "apilb": {
-            "crashed": crashed,
-            "panics": view.panics,
-            "warnings": view.warnings,
-            "errors": view.errors.iter().take(20).collect::<Vec<_>>(),
-            "state_changes": view.state_changes,
-            "sigterm": sigterm,
-            "metrics_at_end": metrics,
-        },
-        "resources": {
-            "start": { "rss_kib": baseline.rss_kib, "fds": baseline.fds },
-            "end": end.map(|e| json!({ "rss_kib": e.rss_kib, "fds": e.fds, "client_connections": e.conns })),
-            "rss_kib_max": rss_max,
-            "fds_max": fds_max,
-            "rss_kib_median_middle_third": mid_rss,
-            "rss_kib_median_last_third": last_rss,
-            "rss_kib_allowed_last_third": rss_allowed,
-            "rss_kib_per_minute_slope_last_two_thirds": (*slope_kib_per_min * 10.0).round() / 10.0,
-            "fd_margin": FD_MARGIN,
-            "samples": samples.iter().map(|s| json!([(s.t * 10.0).round() / 10.0, s.rss_kib, s.fds, s.conns])).collect::<Vec<_>>(),
-            "samples_columns": ["t", "rss_kib", "fds", "client_connections"],
-        },
-    });
-    report
+    json!({
+        "start": { "rss_kib": baseline.rss_kib, "fds": baseline.fds },
+        "end": end.map(|e| json!({ "rss_kib": e.rss_kib, "fds": e.fds, "client_connections": e.conns })),
+        "rss_kib_max": rss_max,
+        "fds_max": fds_max,
+        "rss_kib_median_middle_third": mid_rss,
+        "rss_kib_median_last_third": last_rss,
+        "rss_kib_allowed_last_third": rss_allowed,
+        "rss_kib_per_minute_slope_last_two_thirds": (*slope_kib_per_min * 10.0).round() / 10.0,
+        "fd_margin": FD_MARGIN,
+        "samples": samples.iter().map(|s| json!([(s.t * 10.0).round() / 10.0, s.rss_kib, s.fds, s.conns])).collect::<Vec<_>>(),
+        "samples_columns": ["t", "rss_kib", "fds", "client_connections"],
+    })
 }
