@@ -25,6 +25,7 @@ pub mod notify;
 #[cfg(test)]
 mod properties;
 pub mod proxy;
+pub mod reload;
 pub mod run;
 pub mod socket;
 pub mod status;

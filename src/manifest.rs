@@ -1486,7 +1486,7 @@ mod tests {
         let keys: Vec<&str> = run
             .get_arguments()
             .filter_map(|a| a.get_long())
-            .filter(|l| !matches!(*l, "config" | "help"))
+            .filter(|l| !matches!(*l, "config" | "help" | "check"))
             .collect();
 
         // Uncomment every `# key: value` line: still valid, and equal to the config

@@ -76,6 +76,18 @@ pub struct DiscoveryResult {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabel {
+    pub result: ReloadResult,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum ReloadResult {
+    ok,
+    failed,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Reason {
     pub reason: RejectReason,
 }
@@ -139,6 +151,9 @@ pub struct Metrics {
     pub replayed: Counter,
     pub discovery_attempts: Family<DiscoveryResult, Counter>,
     pub discovery_last_success: Gauge,
+    pub config_reloads: Family<ReloadLabel, Counter>,
+    pub config_last_reload_success: Gauge,
+    pub config_last_reload_successful: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -179,6 +194,9 @@ impl Metrics {
             replayed: Counter::default(),
             discovery_attempts: Family::default(),
             discovery_last_success: Gauge::default(),
+            config_reloads: Family::default(),
+            config_last_reload_success: Gauge::default(),
+            config_last_reload_successful: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -271,7 +289,40 @@ impl Metrics {
             "Unix time of the last successful control-plane discovery",
             m.discovery_last_success.clone(),
         );
+        registry.register(
+            "config_reloads",
+            "Reloads of the configuration (SIGHUP or a change of the config file), by result: \
+             ok, or failed (the settings in effect were kept)",
+            m.config_reloads.clone(),
+        );
+        for result in [ReloadResult::ok, ReloadResult::failed] {
+            let _ = m.config_reloads.get_or_create(&ReloadLabel { result });
+        }
+        registry.register(
+            "config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful reload of the configuration, or of the start",
+            m.config_last_reload_success.clone(),
+        );
+        registry.register(
+            "config_last_reload_successful",
+            "1 if the last reload of the configuration (or the start) succeeded, 0 if it failed",
+            m.config_last_reload_successful.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// A reload's (or the start's) outcome.
+    pub fn config_loaded(&self, result: Option<ReloadResult>) {
+        if let Some(result) = result {
+            self.config_reloads
+                .get_or_create(&ReloadLabel { result })
+                .inc();
+        }
+        let ok = result != Some(ReloadResult::failed);
+        self.config_last_reload_successful.set(i64::from(ok));
+        if ok {
+            self.config_last_reload_success.set(unix_now());
+        }
     }
 
     /// The handles of one server's series.
@@ -381,11 +432,7 @@ impl Metrics {
     }
 
     pub fn discovery_success_now(&self) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        self.discovery_last_success.set(now);
+        self.discovery_last_success.set(unix_now());
     }
 
     pub fn health_failure(&self, server: &str, cause: crate::judge::Cause) {
@@ -416,6 +463,13 @@ impl Metrics {
             .get_or_create(&TimeoutLabel { timeout })
             .inc();
     }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// One server's metric handles, held by its `Backend`.

@@ -1,6 +1,7 @@
 //! `apilb run`: wires the pieces together and owns the process lifecycle — start, reload of
-//! the server list (SIGHUP or a change of the config file), and shutdown (SIGTERM/SIGINT:
-//! stop accepting, drain for the grace period, then close what is left).
+//! the server list (SIGHUP or a settled change of the config file, read and recorded by
+//! `reload`, on a task of its own so that no read holds the signals), and shutdown
+//! (SIGTERM/SIGINT: stop accepting, drain for the grace period, then close what is left).
 //!
 //! Decides nothing about traffic or health itself.
 
@@ -22,11 +23,9 @@ use crate::discovery::{self, Discovery};
 use crate::health::{self, HealthContext};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
+use crate::reload;
 use crate::socket;
 use crate::workers::Workers;
-
-/// How often the config file is looked at for changes.
-const CONFIG_POLL: Duration = Duration::from_secs(2);
 
 /// The servers and what runs for each: applying a new set starts the health checker (and
 /// resolver) of every new server.
@@ -217,7 +216,12 @@ impl EarlySignals {
     }
 }
 
-pub async fn run(args: RunArgs, cfg: Config, early: EarlySignals) -> anyhow::Result<()> {
+pub async fn run(
+    args: RunArgs,
+    cfg: Config,
+    file_bytes: Option<Vec<u8>>,
+    early: EarlySignals,
+) -> anyhow::Result<()> {
     raise_nofile_limit(cfg.max_connections);
     let tls = crate::tls::client_config(&cfg)?;
     let metrics = Arc::new(Metrics::new());
@@ -307,12 +311,25 @@ pub async fn run(args: RunArgs, cfg: Config, early: EarlySignals) -> anyhow::Res
         }
     }
     drop(listeners);
+    // Watched only when a regular file: a pipe (`--config <(…)`) is read once, at start.
+    let watched = cfg
+        .config_file
+        .as_ref()
+        .is_some_and(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file()));
+    let reload_state = Arc::new(reload::State::default());
+    reload_state.started(
+        cfg.config_file.as_ref().map(|p| p.display().to_string()),
+        watched,
+        cfg.effective(),
+    );
+    metrics.config_loaded(None);
     let admin = Arc::new(Admin {
         backends: backends.clone(),
         metrics: metrics.clone(),
         proxy: proxy.clone(),
         discovery: discovery.clone(),
         started: SystemTime::now(),
+        reload: reload_state.clone(),
     });
     let admin_stop = CancellationToken::new();
     let admin_thread = admin
@@ -325,36 +342,34 @@ pub async fn run(args: RunArgs, cfg: Config, early: EarlySignals) -> anyhow::Res
         version = env!("CARGO_PKG_VERSION"),
         "apilb started"
     );
+    tracing::info!(
+        config = %serde_json::Value::Object(
+            cfg.effective().into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+        ),
+        "settings in effect"
+    );
 
     let ready = tokio::spawn(crate::notify::ready(backends.clone(), cfg.ready_timeout));
 
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    let mut sighup = early.hangup;
-    let mut last_file = match &cfg.config_file {
-        Some(p) => tokio::fs::read(p).await.ok(),
-        None => None,
-    };
-    let mut poll = tokio::time::interval(CONFIG_POLL);
-    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let reloader = tokio::spawn(
+        Reloader {
+            args,
+            fleet: fleet.clone(),
+            discovery: discovery.clone(),
+            state: reload_state,
+            metrics: metrics.clone(),
+            current: cfg.clone(),
+        }
+        .run(early.hangup, file_bytes, watched),
+    );
 
-    let signal_name = loop {
-        let reload_cause = tokio::select! {
-            _ = sigterm.recv() => break "SIGTERM",
-            _ = sigint.recv() => break "SIGINT",
-            _ = sighup.recv() => "SIGHUP",
-            _ = poll.tick(), if cfg.config_file.is_some() => {
-                let Some(p) = &cfg.config_file else { continue };
-                let now = tokio::fs::read(p).await.ok();
-                if now == last_file {
-                    continue;
-                }
-                last_file = now;
-                "config file changed"
-            }
-        };
-        reload(&args, &fleet, discovery.as_deref(), reload_cause);
+    let signal_name = tokio::select! {
+        _ = sigterm.recv() => "SIGTERM",
+        _ = sigint.recv() => "SIGINT",
     };
+    reloader.abort();
 
     let open = proxy.connections();
     tracing::info!(signal = signal_name, open_connections = open,
@@ -389,25 +404,86 @@ pub async fn run(args: RunArgs, cfg: Config, early: EarlySignals) -> anyhow::Res
     Ok(())
 }
 
-fn reload(args: &RunArgs, fleet: &Fleet, discovery: Option<&Discovery>, cause: &str) {
-    let cfg = match config::load(args) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(cause, error = %e, "reload failed; keeping the current servers");
-            return;
+/// Serves reloads until aborted: SIGHUP at once, a change of the file once it settled.
+struct Reloader {
+    args: RunArgs,
+    fleet: Arc<Fleet>,
+    discovery: Option<Arc<Discovery>>,
+    state: Arc<reload::State>,
+    metrics: Arc<Metrics>,
+    /// The settings in effect: the start's, with the server list of the last reload.
+    current: Config,
+}
+
+impl Reloader {
+    async fn run(mut self, mut sighup: Signal, file_bytes: Option<Vec<u8>>, watched: bool) {
+        let mut reader = self.args.config.clone().map(reload::Reader::new);
+        let mut settle = reload::Settle::new(Ok(file_bytes.unwrap_or_default()));
+        let mut poll = tokio::time::interval(reload::POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = sighup.recv() => {
+                    let read = match reader.as_mut() {
+                        Some(r) => r.read().await,
+                        None => Ok(Vec::new()),
+                    };
+                    settle.acted_on(read.clone());
+                    self.apply(read, "SIGHUP");
+                }
+                _ = poll.tick(), if watched => {
+                    let Some(r) = reader.as_mut() else { continue };
+                    let read = r.read().await;
+                    let settled = settle.observe(read, std::time::Instant::now());
+                    if let Some(read) = settled {
+                        self.apply(read, "config file changed");
+                    }
+                }
+            }
+            self.state.set_pending(settle.pending_since());
         }
-    };
-    let set = match discovery {
-        Some(d) => d.set_seeds(cfg.servers.clone()),
-        None => seeds(&cfg),
-    };
-    let (added, removed) = fleet.apply(&set, Removal::Close);
-    tracing::info!(
-        cause,
-        added,
-        removed,
-        servers = ?set.iter().map(|(s, _)| s.to_string()).collect::<Vec<_>>(),
-        pinned_by_flags = cfg.servers_from_flags,
-        "reloaded the server list (other settings take effect on restart)"
-    );
+    }
+
+    fn apply(&mut self, read: reload::Outcome, cause: &str) {
+        let loaded = read.and_then(|bytes| match &self.args.config {
+            Some(_) => config::load_bytes(&self.args, &bytes).map_err(|e| e.to_string()),
+            None => config::load(&self.args).map_err(|e| e.to_string()),
+        });
+        let cfg = match loaded {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(cause, error = %e, "reload failed; keeping the current settings");
+                self.metrics
+                    .config_loaded(Some(crate::metrics::ReloadResult::failed));
+                self.state.failed(cause, e);
+                return;
+            }
+        };
+        let restart_needed = self.current.restart_needed(&cfg);
+        let set = match &self.discovery {
+            Some(d) => d.set_seeds(cfg.servers.clone()),
+            None => seeds(&cfg),
+        };
+        let (added, removed) = self.fleet.apply(&set, Removal::Close);
+        self.current.servers = cfg.servers.clone();
+        tracing::info!(
+            cause,
+            added,
+            removed,
+            servers = ?set.iter().map(|(s, _)| s.to_string()).collect::<Vec<_>>(),
+            pinned_by_flags = cfg.servers_from_flags,
+            "reloaded the server list"
+        );
+        if !restart_needed.is_empty() {
+            tracing::warn!(
+                cause,
+                keys = ?restart_needed,
+                "changed settings not applied by a reload; they take effect at the next start"
+            );
+        }
+        self.metrics
+            .config_loaded(Some(crate::metrics::ReloadResult::ok));
+        self.state
+            .succeeded(cause, restart_needed, self.current.effective());
+    }
 }

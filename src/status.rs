@@ -63,6 +63,48 @@ fn ms(v: Option<f64>) -> String {
     v.map(|v| format!("{v:.1}ms")).unwrap_or_else(|| "-".into())
 }
 
+fn ago(secs: f64) -> String {
+    humantime::format_duration(Duration::from_secs(secs as u64)).to_string() + " ago"
+}
+
+/// The configuration lines above the table: the file, the last reload, what waits for a
+/// restart.
+fn reload_line(r: &crate::reload::ReloadStatus) -> String {
+    let mut out = format!("config: {}", r.file.as_deref().unwrap_or("flags only"));
+    match (&r.last_result, r.last_seconds_ago) {
+        (Some(result), Some(t)) => {
+            let cause = r.last_cause.as_deref().unwrap_or("reload");
+            if result == "ok" {
+                out.push_str(&format!("; last reload {} ({cause}): ok", ago(t)));
+            } else {
+                out.push_str(&format!(
+                    "; last reload {} ({cause}): FAILED, the previous settings stay in effect: {}",
+                    ago(t),
+                    r.last_error.as_deref().unwrap_or("")
+                ));
+            }
+        }
+        _ => out.push_str("; not reloaded since start"),
+    }
+    out.push_str(&format!(
+        " ({} reloads, {} failed)\n",
+        r.reloads, r.failures
+    ));
+    if !r.restart_needed.is_empty() {
+        out.push_str(&format!(
+            "config: changed, applied at the next start: {}\n",
+            r.restart_needed.join(", ")
+        ));
+    }
+    if let Some(t) = r.pending_change_seconds_ago {
+        out.push_str(&format!(
+            "config: a change seen {} waits to settle\n",
+            ago(t)
+        ));
+    }
+    out
+}
+
 /// The table `apilb status` prints.
 pub fn render(s: &Status) -> String {
     let mut rows = vec![[
@@ -114,6 +156,7 @@ pub fn render(s: &Status) -> String {
         s.client_connections,
         humantime::format_duration(Duration::from_secs(s.uptime_seconds))
     );
+    out.push_str(&reload_line(&s.reload));
     for r in rows {
         let line: Vec<String> = r
             .iter()
