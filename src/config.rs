@@ -222,6 +222,9 @@ pub struct Config {
     pub replay_limit: usize,
     pub health: HealthSettings,
     pub max_connections: usize,
+    /// `--max-connections` was given (flag or key): then a limit the open-file limit cannot
+    /// hold is warned about; the default is sized to the open-file limit instead.
+    pub max_connections_given: bool,
     pub workers: usize,
     pub drain_grace: Duration,
     /// Once one direction of a connection ended, the other must end within this (0: never).
@@ -829,6 +832,7 @@ pub fn resolve(args: &RunArgs, file: FileConfig) -> Result<Config, ConfigError> 
             .unwrap_or(d::REPLAY_LIMIT),
         health,
         max_connections,
+        max_connections_given: args.max_connections.is_some() || file.max_connections.is_some(),
         workers,
         drain_grace: duration(
             args.drain_grace,

@@ -73,16 +73,23 @@ fn seeds(cfg: &Config) -> Vec<(ServerSpec, Source)> {
         .collect()
 }
 
+/// Descriptors kept for everything but client connections: listeners, the admin endpoint
+/// (up to 64 connections), health and discovery connections, the runtime's own.
+const RESERVED_FDS: u64 = 128;
+
 /// Raises the soft descriptor limit to the hard one (a container's soft limit is often
-/// 1024) and warns when it cannot hold `--max-connections` (two descriptors each).
-fn raise_nofile_limit(max_connections: usize) {
+/// 1024) and returns the connection limit to use. Each client connection takes two
+/// descriptors. A `--max-connections` the descriptor limit cannot hold is kept and warned
+/// about when the operator gave it; the default is sized down to what the limit holds (a
+/// common 20,000-descriptor limit would otherwise warn at default settings).
+fn fit_nofile_limit(max_connections: usize, given: bool) -> usize {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit/setrlimit write to / read from a valid rlimit struct.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return;
+        return max_connections;
     }
     if lim.rlim_cur < lim.rlim_max {
         let raised = libc::rlimit {
@@ -95,15 +102,30 @@ fn raise_nofile_limit(max_connections: usize) {
     }
     let need = (max_connections as u64)
         .saturating_mul(2)
-        .saturating_add(64);
-    if lim.rlim_cur < need {
+        .saturating_add(RESERVED_FDS);
+    if lim.rlim_cur >= need {
+        return max_connections;
+    }
+    let fits = usize::try_from(lim.rlim_cur.saturating_sub(RESERVED_FDS) / 2)
+        .unwrap_or(max_connections)
+        .max(1);
+    if given {
         tracing::warn!(
             limit = lim.rlim_cur,
             max_connections,
             needed = need,
             "the open-file limit cannot hold --max-connections; new connections beyond it are \
-             closed. Raise LimitNOFILE (systemd) or the container runtime's limit"
+             closed. Raise LimitNOFILE (systemd) or the container runtime's limit, or lower \
+             --max-connections to {fits}"
         );
+        max_connections
+    } else {
+        tracing::info!(
+            limit = lim.rlim_cur,
+            max_connections = fits,
+            "--max-connections sized to the open-file limit (two descriptors a connection)"
+        );
+        fits
     }
 }
 
@@ -218,11 +240,11 @@ impl EarlySignals {
 
 pub async fn run(
     args: RunArgs,
-    cfg: Config,
+    mut cfg: Config,
     file_bytes: Option<Vec<u8>>,
     early: EarlySignals,
 ) -> anyhow::Result<()> {
-    raise_nofile_limit(cfg.max_connections);
+    cfg.max_connections = fit_nofile_limit(cfg.max_connections, cfg.max_connections_given);
     let tls = crate::tls::client_config(&cfg)?;
     let metrics = Arc::new(Metrics::new());
     // Cancelled only at the very end: closes every connection still open after the drain.
@@ -459,6 +481,11 @@ impl Reloader {
                 return;
             }
         };
+        let mut cfg = cfg;
+        if !cfg.max_connections_given && !self.current.max_connections_given {
+            // The default, sized to the open-file limit at start (`fit_nofile_limit`).
+            cfg.max_connections = self.current.max_connections;
+        }
         let restart_needed = self.current.restart_needed(&cfg);
         let set = match &self.discovery {
             Some(d) => d.set_seeds(cfg.servers.clone()),

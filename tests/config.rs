@@ -454,3 +454,92 @@ fn config_file_accepts_a_scalar_list_and_suggests_the_key_meant() {
     assert!(err.contains("a list of addresses"), "{err}");
     assert!(!err.contains("flag names"), "{err}");
 }
+
+/// `apilb run` under an open-file limit of `nofile`, its JSON log in a file: the settings in
+/// effect (from `/status`) and the log's lines, once stopped.
+fn run_with_nofile(pki: &Pki, s: &Standin, nofile: u64, extra: &[&str]) -> (Value, Vec<Value>) {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let admin = free_port([127, 0, 0, 1]);
+    let mut cmd = Command::new(APILB);
+    cmd.args([
+        "run",
+        "--log-format",
+        "json",
+        "--server",
+        &s.addr.to_string(),
+    ])
+    .args(["--ca-file", pki.ca.to_str().unwrap()])
+    .args(["--listen", &free_port([127, 0, 0, 1]).to_string()])
+    .args(["--admin-listen", &admin.to_string()])
+    .args(extra)
+    .stdout(std::process::Stdio::null())
+    .stderr(std::fs::File::create(&log).unwrap());
+    unsafe {
+        cmd.pre_exec(move || {
+            let l = libc::rlimit {
+                rlim_cur: nofile,
+                rlim_max: nofile,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &l) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        assert!(child.try_wait().unwrap().is_none(), "apilb ended");
+        if let Ok(mut c) = std::net::TcpStream::connect(admin) {
+            use std::io::Read;
+            c.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut raw = Vec::new();
+            c.read_to_end(&mut raw).unwrap();
+            let (code, body) = parse_response(&raw);
+            if code == 200 {
+                break serde_json::from_str::<Value>(&body).unwrap();
+            }
+        }
+        assert!(Instant::now() < deadline, "admin endpoint never answered");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    let lines = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or(Value::String(l.to_string())))
+        .collect();
+    (status, lines)
+}
+
+/// At default settings a common 20,000-descriptor limit warned (it needed 20,064): the
+/// default connection limit is now sized to the descriptor limit, without a warning. A
+/// limit the operator asked for is kept, and warned about when it cannot be held.
+#[test]
+fn default_connection_limit_fits_the_open_file_limit_without_a_warning() {
+    let pki = Pki::new();
+    let s = Standin::start(&pki, [127, 0, 0, 2], "cp1");
+    let (st, log) = run_with_nofile(&pki, &s, 20_000, &[]);
+    let fits = st["config"]["max-connections"].as_u64().unwrap();
+    assert!((9_000..10_000).contains(&fits), "{fits}");
+    let warnings: Vec<&Value> = log.iter().filter(|v| v["level"] == "WARN").collect();
+    assert!(warnings.is_empty(), "{warnings:?}");
+
+    let (st, log) = run_with_nofile(&pki, &s, 20_000, &["--max-connections", "10000"]);
+    assert_eq!(st["config"]["max-connections"], 10_000);
+    assert!(
+        log.iter().any(|v| v["level"] == "WARN"
+            && v["limit"] == 20_000
+            && v["max_connections"] == 10_000),
+        "{log:?}"
+    );
+
+    // A limit asked for that fits is kept, quietly.
+    let (st, log) = run_with_nofile(&pki, &s, 20_000, &["--max-connections", "5000"]);
+    assert_eq!(st["config"]["max-connections"], 5_000);
+    assert!(!log.iter().any(|v| v["level"] == "WARN"), "{log:?}");
+}
