@@ -22,6 +22,7 @@ pub mod logging;
 pub mod manifest;
 pub mod metrics;
 pub mod notify;
+pub mod process_metrics;
 #[cfg(test)]
 mod properties;
 pub mod proxy;

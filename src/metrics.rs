@@ -3,7 +3,7 @@
 //! Owns metric names, help texts and label sets. Hot paths never look a label set up: each
 //! `Backend` keeps the handles of its own series (`ServerMetrics`), taken once when the
 //! server joins the set and removed when it leaves. This module does no I/O; the admin
-//! endpoint encodes the registry.
+//! endpoint encodes the registry (and with it `process_metrics`, which reads `/proc`).
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
@@ -73,6 +73,12 @@ pub struct ServerState {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DiscoveryResult {
     pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildInfo {
+    pub version: &'static str,
+    pub arch: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -168,8 +174,31 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Every family, discovery's included.
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("apilb");
+        Self::build(true)
+    }
+
+    /// The families of a process: `discovery` says whether control-plane discovery runs
+    /// (without it its families are not exported at all). Also the process's own:
+    /// `apilb_build_info` and the standard `process_*` metrics (unprefixed, as every
+    /// Prometheus client names them).
+    pub fn build(discovery: bool) -> Metrics {
+        let mut root = Registry::default();
+        root.register_collector(Box::new(crate::process_metrics::ProcessCollector));
+        let registry = root.sub_registry_with_prefix("apilb");
+        let build_info = Family::<BuildInfo, Gauge>::default();
+        build_info
+            .get_or_create(&BuildInfo {
+                version: env!("CARGO_PKG_VERSION"),
+                arch: std::env::consts::ARCH,
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "1, labelled with apilb's version and the CPU architecture it was built for",
+            build_info,
+        );
         // Process-wide, not a field: logging starts before any registry exists (`logging`).
         registry.register(
             "log_write_errors",
@@ -279,16 +308,18 @@ impl Metrics {
              the first one did not answer",
             m.replayed.clone(),
         );
-        registry.register(
-            "discovery_attempts",
-            "Control-plane discovery rounds, by result (ok, empty, forbidden, error)",
-            m.discovery_attempts.clone(),
-        );
-        registry.register(
-            "discovery_last_success_timestamp_seconds",
-            "Unix time of the last successful control-plane discovery",
-            m.discovery_last_success.clone(),
-        );
+        if discovery {
+            registry.register(
+                "discovery_attempts",
+                "Control-plane discovery rounds, by result (ok, empty, forbidden, error)",
+                m.discovery_attempts.clone(),
+            );
+            registry.register(
+                "discovery_last_success_timestamp_seconds",
+                "Unix time of the last successful control-plane discovery",
+                m.discovery_last_success.clone(),
+            );
+        }
         registry.register(
             "config_reloads",
             "Reloads of the configuration (SIGHUP or a change of the config file), by result: \
@@ -308,7 +339,10 @@ impl Metrics {
             "1 if the last reload of the configuration (or the start) succeeded, 0 if it failed",
             m.config_last_reload_successful.clone(),
         );
-        Metrics { registry, ..m }
+        Metrics {
+            registry: root,
+            ..m
+        }
     }
 
     /// A reload's (or the start's) outcome.

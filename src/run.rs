@@ -246,7 +246,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     cfg.max_connections = fit_nofile_limit(cfg.max_connections, cfg.max_connections_given);
     let tls = crate::tls::client_config(&cfg)?;
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::build(cfg.discovery.is_some()));
     // Cancelled only at the very end: closes every connection still open after the drain.
     let hard_stop = CancellationToken::new();
     // Cancelled at SIGTERM: listeners stop accepting.

@@ -125,12 +125,16 @@ pub fn render(s: &Status) -> String {
         } else {
             v.state.clone()
         };
+        // A down or unknown server's last figures are from before it went silent: not
+        // shown as if they were current.
+        let current = !matches!(v.state.as_str(), "down" | "unknown");
+        let figure = |f: Option<f64>| ms(f.filter(|_| current));
         rows.push([
             v.server.clone(),
             state,
             v.active_connections.to_string(),
-            ms(v.ping_rtt_ms),
-            ms(v.readyz_latency_ms),
+            figure(v.ping_rtt_ms),
+            figure(v.readyz_latency_ms),
             v.since_seconds
                 .map(|s| humantime::format_duration(Duration::from_secs(s)).to_string() + " ago")
                 .unwrap_or_else(|| "-".into()),
@@ -179,4 +183,59 @@ pub fn render(s: &Status) -> String {
         out.push_str("* a client connect failed since the last good health check\n");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::ServerStatus;
+
+    fn server(name: &str, state: &str) -> ServerStatus {
+        ServerStatus {
+            server: name.into(),
+            addresses: vec![],
+            state: state.into(),
+            reason: String::new(),
+            since_seconds: Some(3),
+            last_check_seconds_ago: Some(0.5),
+            ping_rtt_ms: Some(0.25),
+            readyz_latency_ms: Some(0.75),
+            readyz_status: Some(200),
+            protocol: Some("h2".into()),
+            active_connections: 0,
+            connect_failed: false,
+            source: "seed".into(),
+            removed: false,
+        }
+    }
+
+    #[test]
+    fn a_down_server_shows_no_stale_figures() {
+        let s = Status {
+            ready: true,
+            version: "0.1.0".into(),
+            uptime_seconds: 5,
+            client_connections: 0,
+            servers: vec![server("cp1:6443", "ready"), server("cp2:6443", "down")],
+            discovery: None,
+            reload: Default::default(),
+            config: Default::default(),
+        };
+        let out = render(&s);
+        let line = |name: &str| {
+            out.lines()
+                .find(|l| l.starts_with(name))
+                .unwrap()
+                .to_string()
+        };
+        assert!(
+            line("cp1").contains("0.2ms") && line("cp1").contains("0.8ms"),
+            "{out}"
+        );
+        assert!(!line("cp2").contains("ms "), "{out}");
+        assert!(
+            out.contains("config: flags only; not reloaded since start"),
+            "{out}"
+        );
+    }
 }

@@ -543,3 +543,36 @@ fn default_connection_limit_fits_the_open_file_limit_without_a_warning() {
     assert_eq!(st["config"]["max-connections"], 5_000);
     assert!(!log.iter().any(|v| v["level"] == "WARN"), "{log:?}");
 }
+
+/// `/metrics` carries apilb's build and the standard `process_*` metrics (the soak and the
+/// benchmarks read apilb's own memory, descriptors and CPU from them), and no discovery
+/// families when discovery is off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_carry_build_and_process_and_no_discovery_when_it_is_off() {
+    let pki = Pki::new();
+    let s = Standin::start(&pki, [127, 0, 0, 2], "cp1");
+    let lb = Apilb::start(&pki, &[&s], &[]);
+    lb.wait_all_ready(&[&s]);
+    let (code, text) = lb.admin_get("/metrics").await;
+    assert_eq!(code, 200);
+    let version = format!("version=\"{}\"", env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        lb.metric("apilb_build_info", &[&version]).await,
+        1.0,
+        "{text}"
+    );
+    let rss = lb.metric("process_resident_memory_bytes", &[]).await;
+    assert!(rss > 1e6, "{rss}\n{text}");
+    // The listeners, the admin endpoint, the health connection: more than stdio.
+    assert!(lb.metric("process_open_fds", &[]).await >= 5.0, "{text}");
+    assert!(lb.metric("process_max_fds", &[]).await >= 1024.0, "{text}");
+    assert!(lb.metric("process_threads", &[]).await >= 3.0, "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("process_cpu_seconds_total ")),
+        "{text}"
+    );
+    let start = lb.metric("process_start_time_seconds", &[]).await;
+    assert!(start > 1.7e9, "{start}");
+    assert!(!text.contains("apilb_discovery"), "{text}");
+}
