@@ -106,7 +106,11 @@ fn main() -> ExitCode {
                 print_error(e);
                 return ExitCode::from(2);
             }
-            match rt.block_on(run::run(*args, cfg, file_bytes, early)) {
+            let result = rt.block_on(run::run(*args, cfg, file_bytes, early));
+            // A config read still stuck in a hung file system (a reload gave up on it) must
+            // not hold the exit: dropping the runtime would wait for it.
+            rt.shutdown_timeout(std::time::Duration::from_secs(1));
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     // Printed once: the log goes to stderr too.
