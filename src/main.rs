@@ -37,7 +37,7 @@ fn init_logging(format: LogFormat, level: &str) -> Result<(), String> {
         .with_writer(logging::Stderr);
     match format {
         LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Json => builder.event_format(logging::JsonLines).try_init(),
     }
     .map_err(|e| format!("cannot set up logging: {e}"))
 }

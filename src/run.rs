@@ -358,7 +358,7 @@ pub async fn run(
         .start(admin_listener, admin_stop.clone())
         .with_context(|| format!("--admin-listen {}: cannot serve", cfg.admin_listen))?;
     tracing::info!(
-        listen = ?listen_addrs,
+        listen = ?listen_addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
         servers = ?cfg.servers.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
         admin = %cfg.admin_listen,
         version = env!("CARGO_PKG_VERSION"),
