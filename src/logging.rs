@@ -64,8 +64,9 @@ impl Write for StderrLine {
 
 /// `--log-format json`: one JSON object a line, the event's fields flattened beside
 /// `timestamp`, `level`, `message` and `target`. A field holding a list (logged as
-/// `?vec_of_strings`) is a JSON array, not the list's Debug text in a string: tracing-
-/// subscriber's own JSON format has no way to say so.
+/// `?vec_of_strings`) is a JSON array, and one holding a JSON object (`%json_value`) an
+/// object, not their text in a string: tracing-subscriber's own JSON format has no way
+/// to say so.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct JsonLines;
 
@@ -74,10 +75,10 @@ struct JsonFields<'a>(&'a mut serde_json::Map<String, serde_json::Value>);
 impl tracing::field::Visit for JsonFields<'_> {
     fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
         let text = format!("{value:?}");
-        let v = if field.name() != "message" && text.starts_with('[') {
+        let v = if field.name() != "message" && (text.starts_with('[') || text.starts_with('{')) {
             serde_json::from_str::<serde_json::Value>(&text)
                 .ok()
-                .filter(serde_json::Value::is_array)
+                .filter(|v| v.is_array() || v.is_object())
                 .unwrap_or(serde_json::Value::String(text))
         } else {
             serde_json::Value::String(text)
@@ -178,7 +179,9 @@ mod tests {
         tracing::subscriber::with_default(sub, || {
             let servers = vec!["10.0.0.1:6443".to_string(), "[fd00::1]:6443".to_string()];
             let addr: std::net::SocketAddr = "[::1]:6443".parse().unwrap();
-            tracing::info!(servers = ?servers, addr = %addr, n = 3u64, ok = true, "[not] a list");
+            let config = serde_json::json!({"workers": 2});
+            tracing::info!(servers = ?servers, addr = %addr, n = 3u64, ok = true,
+                config = %config, "[not] a list");
         });
         let v = &seen.lock().unwrap()[0];
         assert_eq!(
@@ -186,6 +189,7 @@ mod tests {
             serde_json::json!(["10.0.0.1:6443", "[fd00::1]:6443"])
         );
         assert_eq!(v["addr"], "[::1]:6443");
+        assert_eq!(v["config"]["workers"], 2);
         assert_eq!(v["message"], "[not] a list");
         assert_eq!(v["n"], 3);
         assert_eq!(v["ok"], true);
