@@ -1,12 +1,14 @@
 //! The loopback admin endpoint (HTTP/1.1): `/healthz` (the process is alive), `/readyz`
 //! (200 only when at least one server is ready), `/metrics` (Prometheus text) and `/status`
-//! (JSON: every server's state, cause, last check, latencies and connections). Read-only:
+//! (JSON: every server's state, cause, last check, latencies and connections, the last
+//! reload of the configuration and the settings in effect). Read-only:
 //! nothing here changes what the proxy does.
 //!
 //! Runs on a thread of its own with at most `MAX_CONNECTIONS` connections (more are
 //! closed at once), so a flood of admin requests can delay neither the health checks (main
 //! thread) nor client traffic (workers).
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -25,6 +27,7 @@ use crate::discovery::{Discovery, DiscoveryStatus};
 use crate::log_limit::LogLimit;
 use crate::metrics::{Listener, Metrics};
 use crate::proxy::Proxy;
+use crate::reload::ReloadStatus;
 
 /// Most concurrent admin connections; more are closed at once (Prometheus, a probe and
 /// `apilb status` need a handful).
@@ -41,6 +44,7 @@ pub struct Admin {
     pub proxy: Arc<Proxy>,
     pub discovery: Option<Arc<Discovery>>,
     pub started: SystemTime,
+    pub reload: Arc<crate::reload::State>,
 }
 
 /// `/status`, also read by `apilb status`.
@@ -53,6 +57,12 @@ pub struct Status {
     pub servers: Vec<ServerStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discovery: Option<DiscoveryStatus>,
+    /// The last reload of the configuration, and what waits for a restart.
+    #[serde(default)]
+    pub reload: ReloadStatus,
+    /// The settings in effect, by config-file key.
+    #[serde(default)]
+    pub config: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -106,6 +116,7 @@ impl Admin {
                 }
             })
             .collect();
+        let (reload, config) = self.reload.status();
         Status {
             ready: self.backends.any_ready(),
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -113,6 +124,8 @@ impl Admin {
             client_connections: self.proxy.connections(),
             servers,
             discovery: self.discovery.as_ref().map(|d| d.status()),
+            reload,
+            config,
         }
     }
 

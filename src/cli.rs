@@ -90,10 +90,17 @@ pub struct RunArgs {
     #[arg(long)]
     pub reuse_port: bool,
 
-    /// YAML config file; its keys are these flags' names. Flags win. Reloaded on change and
-    /// on SIGHUP.
+    /// YAML config file; its keys are these flags' names. Flags win. Reloaded on SIGHUP, and
+    /// once a change has settled (2 s without a further change). The server list is applied
+    /// by a reload; other keys take effect at the next start.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+
+    /// Check the flags, the config file and the certificates as a start would, print the
+    /// settings in effect, and exit: 0 when apilb would start with them, 2 with the error it
+    /// would print. Binds, connects and changes nothing.
+    #[arg(long)]
+    pub check: bool,
 
     /// Log format. [default: text]
     #[arg(long, value_enum)]

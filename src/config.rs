@@ -6,13 +6,18 @@
 //! every error names where the bad value came from (the flag, or the file and key) and how
 //! to fix it. Nothing outside this module parses configuration; nothing in here does I/O
 //! other than reading the config file.
+//!
+//! Reading the file is bounded ([`read_text`]): at most [`MAX_CONFIG_BYTES`], and for a
+//! reload only a regular file, opened so that a FIFO or device at the path cannot block.
+//! Where a list is expected a single value is accepted too (`server: 10.0.0.11:6443`), and a
+//! misspelt key gets the nearest real one as its fix.
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use crate::cli::RunArgs;
 
@@ -133,12 +138,32 @@ impl ServerSpec {
     }
 }
 
+/// A list, or one value standing for a list of one (`server: 10.0.0.11:6443`).
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    match Option::<OneOrMany>::deserialize(d) {
+        Ok(None) => Ok(None),
+        Ok(Some(OneOrMany::One(s))) => Ok(Some(vec![s])),
+        Ok(Some(OneOrMany::Many(v))) => Ok(Some(v)),
+        Err(_) => Err(serde::de::Error::custom(
+            "expected an address or a list of addresses, e.g. `[\"10.0.0.11:6443\", \"10.0.0.12:6443\"]`",
+        )),
+    }
+}
+
 /// The config file, as written. Every field optional; unknown keys are errors.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct FileConfig {
+    #[serde(default, deserialize_with = "one_or_many")]
     pub listen: Option<Vec<String>>,
     pub allow_non_loopback: Option<bool>,
+    #[serde(default, deserialize_with = "one_or_many")]
     pub server: Option<Vec<String>>,
     pub ca_file: Option<PathBuf>,
     pub health_client_cert: Option<PathBuf>,
@@ -201,6 +226,9 @@ pub struct Config {
     pub replay_limit: usize,
     pub health: HealthSettings,
     pub max_connections: usize,
+    /// `--max-connections` was given (flag or key): then a limit the open-file limit cannot
+    /// hold is warned about; the default is sized to the open-file limit instead.
+    pub max_connections_given: bool,
     pub workers: usize,
     pub drain_grace: Duration,
     /// Once one direction of a connection ended, the other must end within this (0: never).
@@ -228,6 +256,109 @@ pub struct HealthSettings {
     pub rise: u32,
 }
 
+/// The keys a reload applies; every other changed key takes effect at the next start.
+pub const RELOADABLE_KEYS: &[&str] = &["server"];
+
+impl Config {
+    /// The settings in effect, by config-file key: what `/status` shows as `config` and the
+    /// start logs. Durations are written as the file would (`2s`), paths as given.
+    pub fn effective(&self) -> std::collections::BTreeMap<&'static str, serde_json::Value> {
+        use serde_json::Value as V;
+        let d = |d: Duration| V::String(humantime::format_duration(d).to_string());
+        let p = |p: &Option<PathBuf>| {
+            p.as_ref()
+                .map(|p| V::String(p.display().to_string()))
+                .unwrap_or(V::Null)
+        };
+        let list = |v: Vec<String>| V::Array(v.into_iter().map(V::String).collect());
+        let disc = self.discovery.as_ref();
+        let mut m = std::collections::BTreeMap::new();
+        m.insert(
+            "listen",
+            list(self.listen.iter().map(|a| a.to_string()).collect()),
+        );
+        m.insert("allow-non-loopback", V::Bool(self.allow_non_loopback));
+        m.insert(
+            "server",
+            list(self.servers.iter().map(|s| s.to_string()).collect()),
+        );
+        m.insert("ca-file", p(&self.ca_file));
+        m.insert("health-client-cert", p(&self.health_client_cert));
+        m.insert("health-client-key", p(&self.health_client_key));
+        m.insert(
+            "health-insecure-skip-verify",
+            V::Bool(self.health_insecure_skip_verify),
+        );
+        m.insert(
+            "health-tls-server-name",
+            self.health_tls_server_name
+                .clone()
+                .map(V::String)
+                .unwrap_or(V::Null),
+        );
+        m.insert("admin-listen", V::String(self.admin_listen.to_string()));
+        m.insert("reuse-port", V::Bool(self.reuse_port));
+        m.insert(
+            "log-format",
+            V::String(
+                match self.log_format {
+                    LogFormat::Text => "text",
+                    LogFormat::Json => "json",
+                }
+                .into(),
+            ),
+        );
+        m.insert("log-level", V::String(self.log_level.clone()));
+        m.insert("connect-timeout", d(self.connect_timeout));
+        m.insert("connect-race-delay", d(self.connect_race_delay));
+        m.insert("first-byte-timeout", d(self.first_byte_timeout));
+        m.insert("replay-limit", V::from(self.replay_limit));
+        m.insert("health-ping-interval", d(self.health.ping_interval));
+        m.insert("health-ping-timeout", d(self.health.ping_timeout));
+        m.insert("health-readyz-interval", d(self.health.readyz_interval));
+        m.insert("health-timeout", d(self.health.timeout));
+        m.insert("health-fall", V::from(self.health.fall));
+        m.insert("health-rise", V::from(self.health.rise));
+        m.insert("max-connections", V::from(self.max_connections));
+        m.insert("workers", V::from(self.workers));
+        m.insert("drain-grace", d(self.drain_grace));
+        m.insert("half-closed-timeout", d(self.half_closed_timeout));
+        m.insert("idle-timeout", d(self.idle_timeout));
+        m.insert("ready-timeout", d(self.ready_timeout));
+        m.insert("resolve-interval", d(self.resolve_interval));
+        m.insert(
+            "discovery-kubeconfig",
+            p(&disc.map(|x| x.kubeconfig.clone())),
+        );
+        m.insert(
+            "discovery-interval",
+            disc.map(|x| d(x.interval)).unwrap_or(V::Null),
+        );
+        m.insert(
+            "discovery-mode",
+            disc.and_then(|x| clap::ValueEnum::to_possible_value(&x.mode))
+                .map(|v| V::String(v.get_name().to_string()))
+                .unwrap_or(V::Null),
+        );
+        m.insert(
+            "discovery-removal-grace",
+            disc.map(|x| d(x.removal_grace)).unwrap_or(V::Null),
+        );
+        m.insert("state-dir", p(&disc.map(|x| x.state_dir.clone())));
+        m
+    }
+
+    /// The keys whose value differs between `self` and `newer` and that a reload does not
+    /// apply (they need a restart), sorted.
+    pub fn restart_needed(&self, newer: &Config) -> Vec<String> {
+        let (a, b) = (self.effective(), newer.effective());
+        a.iter()
+            .filter(|(k, v)| !RELOADABLE_KEYS.contains(k) && b.get(*k) != Some(*v))
+            .map(|(k, _)| k.to_string())
+            .collect()
+    }
+}
+
 /// A configuration error: where the value came from, and what is wrong and how to fix it.
 #[derive(Debug, thiserror::Error)]
 #[error("{origin}: {message}")]
@@ -243,14 +374,121 @@ fn flag_or_key(file: Option<&Path>, flag_given: bool, key: &str) -> String {
     }
 }
 
-/// Reads and parses a config file.
+/// The largest config file read: far beyond any real one (a few hundred bytes), small
+/// enough that a wrong path (a log, an image) cannot take memory.
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// What a read of the config file is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadFor {
+    /// The start (and `--check`): anything readable, a pipe too (`--config <(…)`), since
+    /// nothing is being served yet.
+    Start,
+    /// A reload while apilb serves: a regular file only, opened without blocking, so that a
+    /// FIFO or a device put at the path is refused at once instead of holding the reload.
+    Reload,
+}
+
+/// Reads the config file's bytes, bounded by [`MAX_CONFIG_BYTES`]; errors name the file and
+/// the fix.
+pub fn read_text(path: &Path, read_for: ReadFor) -> Result<Vec<u8>, ConfigError> {
+    use std::io::Read;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let err = |message: String| ConfigError {
+        origin: path.display().to_string(),
+        message,
+    };
+    let mut open = std::fs::OpenOptions::new();
+    open.read(true);
+    if read_for == ReadFor::Reload {
+        // Opening a FIFO for reading blocks until a writer comes; O_NONBLOCK returns at once.
+        open.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = open
+        .open(path)
+        .map_err(|e| err(format!("cannot read the config file: {e}; check --config")))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| err(format!("cannot read the config file: {e}; check --config")))?;
+    let ft = meta.file_type();
+    if !ft.is_file() && (read_for == ReadFor::Reload || ft.is_dir()) {
+        let kind = if ft.is_dir() {
+            "a directory"
+        } else if ft.is_fifo() {
+            "a FIFO"
+        } else if ft.is_socket() {
+            "a socket"
+        } else if ft.is_char_device() || ft.is_block_device() {
+            "a device"
+        } else {
+            "not a regular file"
+        };
+        return Err(err(format!(
+            "the config file is {kind}, not a regular file; put a regular file there \
+             (write it to a temporary file next to it, then rename it over the path)"
+        )));
+    }
+    if ft.is_file() && meta.len() > MAX_CONFIG_BYTES {
+        return Err(err(format!(
+            "the config file is {} bytes, more than the {MAX_CONFIG_BYTES} a config file may \
+             have; check --config",
+            meta.len()
+        )));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| err(format!("cannot read the config file: {e}; check --config")))?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(err(format!(
+            "the config file has more than the {MAX_CONFIG_BYTES} bytes a config file may \
+             have; check --config"
+        )));
+    }
+    Ok(bytes)
+}
+
+/// Reads and parses a config file (as at start).
 pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let bytes = read_text(path, ReadFor::Start)?;
+    parse_bytes(&bytes, path)
+}
+
+/// Parses a config file's bytes (`path` names it in errors).
+pub fn parse_bytes(bytes: &[u8], path: &Path) -> Result<FileConfig, ConfigError> {
     let origin = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+    let text = std::str::from_utf8(bytes).map_err(|e| ConfigError {
         origin: origin.clone(),
-        message: format!("cannot read the config file: {e}; check --config"),
+        message: format!("the config file is not UTF-8 text ({e}); write it as YAML text"),
     })?;
-    parse_file(&text, origin)
+    parse_file(text, origin)
+}
+
+/// Every key of the config file: the long names of `apilb run`'s flags but `--config`.
+pub fn keys() -> Vec<String> {
+    use clap::Args;
+    RunArgs::augment_args(clap::Command::new("run"))
+        .get_arguments()
+        .filter_map(|a| a.get_long())
+        .filter(|l| !matches!(*l, "config" | "help" | "check"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The key nearest to `unknown`, if one is near enough to be the one meant: a few letters
+/// apart, `_` for `-`, or the key with a word more or less (`drain-grace-period`).
+pub fn nearest_key(unknown: &str) -> Option<String> {
+    let wanted = unknown.trim_start_matches('-').replace('_', "-");
+    keys()
+        .into_iter()
+        .filter_map(|k| {
+            let d = strsim::damerau_levenshtein(&wanted, &k);
+            let words = wanted.len() >= 4
+                && (wanted.starts_with(&format!("{k}-")) || k.starts_with(&format!("{wanted}-")));
+            (d <= 2.max(k.len() / 4) || words).then_some((d, k))
+        })
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
 }
 
 /// Parses the text of a config file; `origin` (its path) names it in errors.
@@ -258,22 +496,52 @@ pub fn parse_file(text: &str, origin: String) -> Result<FileConfig, ConfigError>
     if text.trim().is_empty() {
         return Ok(FileConfig::default());
     }
-    yaml_serde::from_str(text).map_err(|e| ConfigError {
-        origin,
-        message: format!(
-            "invalid config: {e}. Keys are the `apilb run` flag names without dashes in front \
-             (see `apilb run --help`)"
-        ),
+    yaml_serde::from_str(text).map_err(|e| {
+        let full = e.to_string();
+        let at = e
+            .location()
+            .map(|l| format!("line {}: ", l.line()))
+            .unwrap_or_default();
+        // serde's own wording: "unknown field `servers`, expected one of `listen`, …".
+        let unknown = full
+            .strip_prefix("unknown field `")
+            .and_then(|r| r.split_once('`'))
+            .map(|(k, _)| k.to_string());
+        let message = match unknown {
+            Some(key) => match nearest_key(&key) {
+                Some(near) => format!("{at}unknown key `{key}`; did you mean `{near}`?"),
+                None => format!(
+                    "{at}unknown key `{key}`; the keys are the `apilb run` flag names \
+                     without the dashes in front (see `apilb run --help`)"
+                ),
+            },
+            None => format!("invalid config: {full}"),
+        };
+        ConfigError { origin, message }
     })
 }
 
 /// Builds the validated config from flags over the file (if any).
 pub fn load(args: &RunArgs) -> Result<Config, ConfigError> {
-    let file = match &args.config {
-        Some(p) => read_file(p)?,
-        None => FileConfig::default(),
-    };
-    resolve(args, file)
+    Ok(load_with_text(args)?.0)
+}
+
+/// As [`load`], also returning the file's bytes as read (to watch it for changes).
+pub fn load_with_text(args: &RunArgs) -> Result<(Config, Option<Vec<u8>>), ConfigError> {
+    match &args.config {
+        Some(p) => {
+            let bytes = read_text(p, ReadFor::Start)?;
+            let cfg = resolve(args, parse_bytes(&bytes, p)?)?;
+            Ok((cfg, Some(bytes)))
+        }
+        None => Ok((resolve(args, FileConfig::default())?, None)),
+    }
+}
+
+/// The config from flags over the file's `bytes` (read once, elsewhere: a reload).
+pub fn load_bytes(args: &RunArgs, bytes: &[u8]) -> Result<Config, ConfigError> {
+    let path = args.config.as_deref().unwrap_or(Path::new("--config"));
+    resolve(args, parse_bytes(bytes, path)?)
 }
 
 /// The longest any duration setting may be: a century (`100y`, humantime's years of 365.25
@@ -575,6 +843,7 @@ pub fn resolve(args: &RunArgs, file: FileConfig) -> Result<Config, ConfigError> 
             .unwrap_or(d::REPLAY_LIMIT),
         health,
         max_connections,
+        max_connections_given: args.max_connections.is_some() || file.max_connections.is_some(),
         workers,
         drain_grace: duration(
             args.drain_grace,
@@ -777,7 +1046,8 @@ mod tests {
         let e = load(&args(&["--config", ps])).unwrap_err();
         assert_eq!(e.origin, ps);
         assert!(
-            e.message.contains("unknown field `servers`"),
+            e.message
+                .contains("unknown key `servers`; did you mean `server`?"),
             "{}",
             e.message
         );

@@ -21,9 +21,11 @@ pub mod logging;
 pub mod metrics;
 pub mod node;
 pub mod notify;
+pub mod process_metrics;
 #[cfg(test)]
 mod properties;
 pub mod proxy;
+pub mod reload;
 pub mod run;
 pub mod socket;
 pub mod splice;

@@ -62,6 +62,86 @@ impl Write for StderrLine {
     }
 }
 
+/// `--log-format json`: one JSON object a line, the event's fields flattened beside
+/// `timestamp`, `level`, `message` and `target`. A field holding a list (logged as
+/// `?vec_of_strings`) is a JSON array, and one holding a JSON object (`%json_value`) an
+/// object, not their text in a string: tracing-subscriber's own JSON format has no way
+/// to say so.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JsonLines;
+
+struct JsonFields<'a>(&'a mut serde_json::Map<String, serde_json::Value>);
+
+impl tracing::field::Visit for JsonFields<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        let text = format!("{value:?}");
+        let v = if field.name() != "message" && (text.starts_with('[') || text.starts_with('{')) {
+            serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .filter(|v| v.is_array() || v.is_object())
+                .unwrap_or(serde_json::Value::String(text))
+        } else {
+            serde_json::Value::String(text)
+        };
+        self.0.insert(field.name().to_string(), v);
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().to_string(), value.into());
+    }
+
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.0.insert(field.name().to_string(), value.into());
+    }
+
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.0.insert(field.name().to_string(), value.into());
+    }
+
+    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
+        self.0.insert(field.name().to_string(), value.into());
+    }
+
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.0.insert(field.name().to_string(), value.into());
+    }
+}
+
+impl JsonLines {
+    /// The JSON object of one event (without the timestamp).
+    fn object(event: &tracing::Event<'_>) -> serde_json::Map<String, serde_json::Value> {
+        let mut map = serde_json::Map::new();
+        map.insert("level".into(), event.metadata().level().to_string().into());
+        event.record(&mut JsonFields(&mut map));
+        map.insert("target".into(), event.metadata().target().into());
+        map
+    }
+}
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for JsonLines
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        use tracing_subscriber::fmt::time::FormatTime;
+        let mut map = Self::object(event);
+        let mut ts = String::new();
+        if tracing_subscriber::fmt::time::SystemTime
+            .format_time(&mut tracing_subscriber::fmt::format::Writer::new(&mut ts))
+            .is_ok()
+        {
+            map.insert("timestamp".into(), ts.into());
+        }
+        writeln!(writer, "{}", serde_json::Value::Object(map))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,6 +155,45 @@ mod tests {
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    /// Records one event through `JsonLines::object`.
+    struct Capture(std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            let map = JsonLines::object(event);
+            self.0.lock().unwrap().push(serde_json::Value::Object(map));
+        }
+    }
+
+    #[test]
+    fn json_lists_are_arrays_and_the_rest_stays_text() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sub = tracing_subscriber::registry().with(Capture(seen.clone()));
+        tracing::subscriber::with_default(sub, || {
+            let servers = vec!["10.0.0.1:6443".to_string(), "[fd00::1]:6443".to_string()];
+            let addr: std::net::SocketAddr = "[::1]:6443".parse().unwrap();
+            let config = serde_json::json!({"workers": 2});
+            tracing::info!(servers = ?servers, addr = %addr, n = 3u64, ok = true,
+                config = %config, "[not] a list");
+        });
+        let v = &seen.lock().unwrap()[0];
+        assert_eq!(
+            v["servers"],
+            serde_json::json!(["10.0.0.1:6443", "[fd00::1]:6443"])
+        );
+        assert_eq!(v["addr"], "[::1]:6443");
+        assert_eq!(v["config"]["workers"], 2);
+        assert_eq!(v["message"], "[not] a list");
+        assert_eq!(v["n"], 3);
+        assert_eq!(v["ok"], true);
+        assert_eq!(v["level"], "INFO");
     }
 
     #[test]

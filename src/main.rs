@@ -15,16 +15,20 @@ use apilb::node::kubeconfig::{self, cmd as kubeconfig_cmd};
 use apilb::node::{kubeadm, kubespray, manifest};
 use apilb::{logging, run, status, tls};
 
-fn init_logging(format: LogFormat, level: &str) -> Result<(), String> {
-    // A bare level applies to apilb; libraries stay at warn (their debug output is a
-    // protocol trace). A full filter (`apilb=debug,h2=trace`) is used as given.
+/// The `--log-level` filter. A bare level applies to apilb; libraries stay at warn (their
+/// debug output is a protocol trace). A full filter (`apilb=debug,h2=trace`) is used as given.
+fn log_filter(level: &str) -> Result<tracing_subscriber::EnvFilter, String> {
     let directives = if level.contains('=') || level.contains(',') {
         level.to_string()
     } else {
         format!("warn,apilb={level}")
     };
-    let filter = tracing_subscriber::EnvFilter::try_new(directives)
-        .map_err(|e| format!("--log-level {level}: {e}; write one of error, warn, info, debug"))?;
+    tracing_subscriber::EnvFilter::try_new(directives)
+        .map_err(|e| format!("--log-level {level}: {e}; write one of error, warn, info, debug"))
+}
+
+fn init_logging(format: LogFormat, level: &str) -> Result<(), String> {
+    let filter = log_filter(level)?;
     // A line stderr cannot take is dropped and counted (`logging`), never an error: with
     // internal errors on, tracing-subscriber would report a failed write with `eprintln!`,
     // which panics when stderr fails.
@@ -35,7 +39,7 @@ fn init_logging(format: LogFormat, level: &str) -> Result<(), String> {
         .with_writer(logging::Stderr);
     match format {
         LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Json => builder.event_format(logging::JsonLines).try_init(),
     }
     .map_err(|e| format!("cannot set up logging: {e}"))
 }
@@ -90,21 +94,28 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            let cfg = match config::load(&args) {
+            let (cfg, file_bytes) = match config::load_with_text(&args) {
                 Ok(c) => c,
                 Err(e) => {
                     print_error(e);
                     return ExitCode::from(2);
                 }
             };
+            if args.check {
+                return check(&cfg);
+            }
             if let Err(e) = init_logging(cfg.log_format, &cfg.log_level) {
                 print_error(e);
                 return ExitCode::from(2);
             }
-            match rt.block_on(run::run(*args, cfg, early)) {
+            let result = rt.block_on(run::run(*args, cfg, file_bytes, early));
+            // A config read still stuck in a hung file system (a reload gave up on it) must
+            // not hold the exit: dropping the runtime would wait for it.
+            rt.shutdown_timeout(std::time::Duration::from_secs(1));
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!("{e:#}");
+                    // Printed once: the log goes to stderr too.
                     print_error(format_args!("{e:#}"));
                     if e.downcast_ref::<tls::TlsError>().is_some()
                         || e.downcast_ref::<run::StartError>().is_some()
@@ -171,6 +182,31 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => kubeconfig_error(e),
             }
+        }
+    }
+}
+
+/// `apilb run --check`: what a start checks before it binds anything (the config, the log
+/// settings, the CA and client certificate), with the same messages; then the settings in
+/// effect on stdout, as config-file keys.
+fn check(cfg: &config::Config) -> ExitCode {
+    if let Err(e) = log_filter(&cfg.log_level) {
+        print_error(e);
+        return ExitCode::from(2);
+    }
+    if let Err(e) = tls::client_config(cfg) {
+        print_error(e);
+        return ExitCode::from(2);
+    }
+    let mut out = String::from("# apilb run --check: OK. The settings in effect:\n");
+    for (k, v) in cfg.effective() {
+        out.push_str(&format!("{k}: {v}\n"));
+    }
+    match std::io::stdout().write_all(out.as_bytes()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            print_error(format_args!("cannot write to stdout: {e}"));
+            ExitCode::from(1)
         }
     }
 }

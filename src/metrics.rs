@@ -3,7 +3,7 @@
 //! Owns metric names, help texts and label sets. Hot paths never look a label set up: each
 //! `Backend` keeps the handles of its own series (`ServerMetrics`), taken once when the
 //! server joins the set and removed when it leaves. This module does no I/O; the admin
-//! endpoint encodes the registry.
+//! endpoint encodes the registry (and with it `process_metrics`, which reads `/proc`).
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
@@ -76,6 +76,24 @@ pub struct DiscoveryResult {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildInfo {
+    pub version: &'static str,
+    pub arch: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabel {
+    pub result: ReloadResult,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum ReloadResult {
+    ok,
+    failed,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Reason {
     pub reason: RejectReason,
 }
@@ -144,6 +162,9 @@ pub struct Metrics {
     pub replayed: Counter,
     pub discovery_attempts: Family<DiscoveryResult, Counter>,
     pub discovery_last_success: Gauge,
+    pub config_reloads: Family<ReloadLabel, Counter>,
+    pub config_last_reload_success: Gauge,
+    pub config_last_reload_successful: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -158,8 +179,31 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Every family, discovery's included.
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("apilb");
+        Self::build(true)
+    }
+
+    /// The families of a process: `discovery` says whether control-plane discovery runs
+    /// (without it its families are not exported at all). Also the process's own:
+    /// `apilb_build_info` and the standard `process_*` metrics (unprefixed, as every
+    /// Prometheus client names them).
+    pub fn build(discovery: bool) -> Metrics {
+        let mut root = Registry::default();
+        root.register_collector(Box::new(crate::process_metrics::ProcessCollector));
+        let registry = root.sub_registry_with_prefix("apilb");
+        let build_info = Family::<BuildInfo, Gauge>::default();
+        build_info
+            .get_or_create(&BuildInfo {
+                version: env!("CARGO_PKG_VERSION"),
+                arch: std::env::consts::ARCH,
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "1, labelled with apilb's version and the CPU architecture it was built for",
+            build_info,
+        );
         // Process-wide, not a field: logging starts before any registry exists (`logging`).
         registry.register(
             "log_write_errors",
@@ -195,6 +239,9 @@ impl Metrics {
             replayed: Counter::default(),
             discovery_attempts: Family::default(),
             discovery_last_success: Gauge::default(),
+            config_reloads: Family::default(),
+            config_last_reload_success: Gauge::default(),
+            config_last_reload_successful: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -277,17 +324,55 @@ impl Metrics {
              the first one did not answer",
             m.replayed.clone(),
         );
+        if discovery {
+            registry.register(
+                "discovery_attempts",
+                "Control-plane discovery rounds, by result (ok, empty, forbidden, error)",
+                m.discovery_attempts.clone(),
+            );
+            registry.register(
+                "discovery_last_success_timestamp_seconds",
+                "Unix time of the last successful control-plane discovery",
+                m.discovery_last_success.clone(),
+            );
+        }
         registry.register(
-            "discovery_attempts",
-            "Control-plane discovery rounds, by result (ok, empty, forbidden, error)",
-            m.discovery_attempts.clone(),
+            "config_reloads",
+            "Reloads of the configuration (SIGHUP or a change of the config file), by result: \
+             ok, or failed (the settings in effect were kept)",
+            m.config_reloads.clone(),
+        );
+        for result in [ReloadResult::ok, ReloadResult::failed] {
+            let _ = m.config_reloads.get_or_create(&ReloadLabel { result });
+        }
+        registry.register(
+            "config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful reload of the configuration, or of the start",
+            m.config_last_reload_success.clone(),
         );
         registry.register(
-            "discovery_last_success_timestamp_seconds",
-            "Unix time of the last successful control-plane discovery",
-            m.discovery_last_success.clone(),
+            "config_last_reload_successful",
+            "1 if the last reload of the configuration (or the start) succeeded, 0 if it failed",
+            m.config_last_reload_successful.clone(),
         );
-        Metrics { registry, ..m }
+        Metrics {
+            registry: root,
+            ..m
+        }
+    }
+
+    /// A reload's (or the start's) outcome.
+    pub fn config_loaded(&self, result: Option<ReloadResult>) {
+        if let Some(result) = result {
+            self.config_reloads
+                .get_or_create(&ReloadLabel { result })
+                .inc();
+        }
+        let ok = result != Some(ReloadResult::failed);
+        self.config_last_reload_successful.set(i64::from(ok));
+        if ok {
+            self.config_last_reload_success.set(unix_now());
+        }
     }
 
     /// The handles of one server's series.
@@ -397,11 +482,7 @@ impl Metrics {
     }
 
     pub fn discovery_success_now(&self) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        self.discovery_last_success.set(now);
+        self.discovery_last_success.set(unix_now());
     }
 
     pub fn health_failure(&self, server: &str, cause: crate::judge::Cause) {
@@ -432,6 +513,13 @@ impl Metrics {
             .get_or_create(&TimeoutLabel { timeout })
             .inc();
     }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// One server's metric handles, held by its `Backend`.

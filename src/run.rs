@@ -1,6 +1,7 @@
 //! `apilb run`: wires the pieces together and owns the process lifecycle — start, reload of
-//! the server list (SIGHUP or a change of the config file), and shutdown (SIGTERM/SIGINT:
-//! stop accepting, drain for the grace period, then close what is left).
+//! the server list (SIGHUP or a settled change of the config file, read and recorded by
+//! `reload`, on a task of its own so that no read holds the signals), and shutdown
+//! (SIGTERM/SIGINT: stop accepting, drain for the grace period, then close what is left).
 //!
 //! Decides nothing about traffic or health itself.
 
@@ -22,11 +23,9 @@ use crate::discovery::{self, Discovery};
 use crate::health::{self, HealthContext};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
+use crate::reload;
 use crate::socket;
 use crate::workers::Workers;
-
-/// How often the config file is looked at for changes.
-const CONFIG_POLL: Duration = Duration::from_secs(2);
 
 /// The servers and what runs for each: applying a new set starts the health checker (and
 /// resolver) of every new server.
@@ -74,16 +73,23 @@ fn seeds(cfg: &Config) -> Vec<(ServerSpec, Source)> {
         .collect()
 }
 
+/// Descriptors kept for everything but client connections: listeners, the admin endpoint
+/// (up to 64 connections), health and discovery connections, the runtime's own.
+const RESERVED_FDS: u64 = 128;
+
 /// Raises the soft descriptor limit to the hard one (a container's soft limit is often
-/// 1024) and warns when it cannot hold `--max-connections` (two descriptors each).
-fn raise_nofile_limit(max_connections: usize) {
+/// 1024) and returns the connection limit to use. Each client connection takes two
+/// descriptors. A `--max-connections` the descriptor limit cannot hold is kept and warned
+/// about when the operator gave it; the default is sized down to what the limit holds (a
+/// common 20,000-descriptor limit would otherwise warn at default settings).
+fn fit_nofile_limit(max_connections: usize, given: bool) -> usize {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit/setrlimit write to / read from a valid rlimit struct.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return;
+        return max_connections;
     }
     if lim.rlim_cur < lim.rlim_max {
         let raised = libc::rlimit {
@@ -96,15 +102,30 @@ fn raise_nofile_limit(max_connections: usize) {
     }
     let need = (max_connections as u64)
         .saturating_mul(2)
-        .saturating_add(64);
-    if lim.rlim_cur < need {
+        .saturating_add(RESERVED_FDS);
+    if lim.rlim_cur >= need {
+        return max_connections;
+    }
+    let fits = usize::try_from(lim.rlim_cur.saturating_sub(RESERVED_FDS) / 2)
+        .unwrap_or(max_connections)
+        .max(1);
+    if given {
         tracing::warn!(
             limit = lim.rlim_cur,
             max_connections,
             needed = need,
             "the open-file limit cannot hold --max-connections; new connections beyond it are \
-             closed. Raise LimitNOFILE (systemd) or the container runtime's limit"
+             closed. Raise LimitNOFILE (systemd) or the container runtime's limit, or lower \
+             --max-connections to {fits}"
         );
+        max_connections
+    } else {
+        tracing::info!(
+            limit = lim.rlim_cur,
+            max_connections = fits,
+            "--max-connections sized to the open-file limit (two descriptors a connection)"
+        );
+        fits
     }
 }
 
@@ -217,10 +238,15 @@ impl EarlySignals {
     }
 }
 
-pub async fn run(args: RunArgs, cfg: Config, early: EarlySignals) -> anyhow::Result<()> {
-    raise_nofile_limit(cfg.max_connections);
+pub async fn run(
+    args: RunArgs,
+    mut cfg: Config,
+    file_bytes: Option<Vec<u8>>,
+    early: EarlySignals,
+) -> anyhow::Result<()> {
+    cfg.max_connections = fit_nofile_limit(cfg.max_connections, cfg.max_connections_given);
     let tls = crate::tls::client_config(&cfg)?;
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::build(cfg.discovery.is_some()));
     // Cancelled only at the very end: closes every connection still open after the drain.
     let hard_stop = CancellationToken::new();
     // Cancelled at SIGTERM: listeners stop accepting.
@@ -308,54 +334,65 @@ pub async fn run(args: RunArgs, cfg: Config, early: EarlySignals) -> anyhow::Res
         }
     }
     drop(listeners);
+    // Watched only when a regular file: a pipe (`--config <(…)`) is read once, at start.
+    let watched = cfg
+        .config_file
+        .as_ref()
+        .is_some_and(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file()));
+    let reload_state = Arc::new(reload::State::default());
+    reload_state.started(
+        cfg.config_file.as_ref().map(|p| p.display().to_string()),
+        watched,
+        cfg.effective(),
+    );
+    metrics.config_loaded(None);
     let admin = Arc::new(Admin {
         backends: backends.clone(),
         metrics: metrics.clone(),
         proxy: proxy.clone(),
         discovery: discovery.clone(),
         started: SystemTime::now(),
+        reload: reload_state.clone(),
     });
     let admin_stop = CancellationToken::new();
     let admin_thread = admin
         .start(admin_listener, admin_stop.clone())
         .with_context(|| format!("--admin-listen {}: cannot serve", cfg.admin_listen))?;
     tracing::info!(
-        listen = ?listen_addrs,
+        listen = ?listen_addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
         servers = ?cfg.servers.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
         admin = %cfg.admin_listen,
         version = env!("CARGO_PKG_VERSION"),
         "apilb started"
+    );
+    tracing::info!(
+        config = %serde_json::Value::Object(
+            cfg.effective().into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+        ),
+        "settings in effect"
     );
 
     let ready = tokio::spawn(crate::notify::ready(backends.clone(), cfg.ready_timeout));
 
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    let mut sighup = early.hangup;
-    let mut last_file = match &cfg.config_file {
-        Some(p) => tokio::fs::read(p).await.ok(),
-        None => None,
-    };
-    let mut poll = tokio::time::interval(CONFIG_POLL);
-    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let reloader = tokio::spawn(
+        Reloader {
+            args,
+            fleet: fleet.clone(),
+            discovery: discovery.clone(),
+            state: reload_state,
+            metrics: metrics.clone(),
+            current: cfg.clone(),
+        }
+        .run(early.hangup, file_bytes, watched),
+    );
 
-    let signal_name = loop {
-        let reload_cause = tokio::select! {
-            _ = sigterm.recv() => break "SIGTERM",
-            _ = sigint.recv() => break "SIGINT",
-            _ = sighup.recv() => "SIGHUP",
-            _ = poll.tick(), if cfg.config_file.is_some() => {
-                let Some(p) = &cfg.config_file else { continue };
-                let now = tokio::fs::read(p).await.ok();
-                if now == last_file {
-                    continue;
-                }
-                last_file = now;
-                "config file changed"
-            }
-        };
-        reload(&args, &fleet, discovery.as_deref(), reload_cause);
+    let signal_name = tokio::select! {
+        _ = sigterm.recv() => "SIGTERM",
+        _ = sigint.recv() => "SIGINT",
     };
+    reloader.abort();
 
     let open = proxy.connections();
     tracing::info!(signal = signal_name, open_connections = open,
@@ -390,25 +427,91 @@ pub async fn run(args: RunArgs, cfg: Config, early: EarlySignals) -> anyhow::Res
     Ok(())
 }
 
-fn reload(args: &RunArgs, fleet: &Fleet, discovery: Option<&Discovery>, cause: &str) {
-    let cfg = match config::load(args) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(cause, error = %e, "reload failed; keeping the current servers");
-            return;
+/// Serves reloads until aborted: SIGHUP at once, a change of the file once it settled.
+struct Reloader {
+    args: RunArgs,
+    fleet: Arc<Fleet>,
+    discovery: Option<Arc<Discovery>>,
+    state: Arc<reload::State>,
+    metrics: Arc<Metrics>,
+    /// The settings in effect: the start's, with the server list of the last reload.
+    current: Config,
+}
+
+impl Reloader {
+    async fn run(mut self, mut sighup: Signal, file_bytes: Option<Vec<u8>>, watched: bool) {
+        let mut reader = self.args.config.clone().map(reload::Reader::new);
+        let mut settle = reload::Settle::new(Ok(file_bytes.unwrap_or_default()));
+        let mut poll = tokio::time::interval(reload::POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = sighup.recv() => {
+                    let read = match reader.as_mut() {
+                        Some(r) => r.read().await,
+                        None => Ok(Vec::new()),
+                    };
+                    settle.acted_on(read.clone());
+                    self.apply(read, "SIGHUP");
+                }
+                _ = poll.tick(), if watched => {
+                    let Some(r) = reader.as_mut() else { continue };
+                    let read = r.read().await;
+                    let settled = settle.observe(read, std::time::Instant::now());
+                    if let Some(read) = settled {
+                        self.apply(read, "config file changed");
+                    }
+                }
+            }
+            self.state.set_pending(settle.pending_since());
         }
-    };
-    let set = match discovery {
-        Some(d) => d.set_seeds(cfg.servers.clone()),
-        None => seeds(&cfg),
-    };
-    let (added, removed) = fleet.apply(&set, Removal::Close);
-    tracing::info!(
-        cause,
-        added,
-        removed,
-        servers = ?set.iter().map(|(s, _)| s.to_string()).collect::<Vec<_>>(),
-        pinned_by_flags = cfg.servers_from_flags,
-        "reloaded the server list (other settings take effect on restart)"
-    );
+    }
+
+    fn apply(&mut self, read: reload::Outcome, cause: &str) {
+        let loaded = read.and_then(|bytes| match &self.args.config {
+            Some(_) => config::load_bytes(&self.args, &bytes).map_err(|e| e.to_string()),
+            None => config::load(&self.args).map_err(|e| e.to_string()),
+        });
+        let cfg = match loaded {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(cause, error = %e, "reload failed; keeping the current settings");
+                self.metrics
+                    .config_loaded(Some(crate::metrics::ReloadResult::failed));
+                self.state.failed(cause, e);
+                return;
+            }
+        };
+        let mut cfg = cfg;
+        if !cfg.max_connections_given && !self.current.max_connections_given {
+            // The default, sized to the open-file limit at start (`fit_nofile_limit`).
+            cfg.max_connections = self.current.max_connections;
+        }
+        let restart_needed = self.current.restart_needed(&cfg);
+        let set = match &self.discovery {
+            Some(d) => d.set_seeds(cfg.servers.clone()),
+            None => seeds(&cfg),
+        };
+        let (added, removed) = self.fleet.apply(&set, Removal::Close);
+        self.current.servers = cfg.servers.clone();
+        tracing::info!(
+            cause,
+            added,
+            removed,
+            servers = ?set.iter().map(|(s, _)| s.to_string()).collect::<Vec<_>>(),
+            pinned_by_flags = cfg.servers_from_flags,
+            "reloaded the server list"
+        );
+        if !restart_needed.is_empty() {
+            tracing::warn!(
+                cause,
+                keys = ?restart_needed,
+                "changed settings not applied by a reload; they take effect at the next start"
+            );
+        }
+        self.metrics
+            .config_loaded(Some(crate::metrics::ReloadResult::ok));
+        self.state
+            .succeeded(cause, restart_needed, self.current.effective());
+    }
 }

@@ -63,6 +63,48 @@ fn ms(v: Option<f64>) -> String {
     v.map(|v| format!("{v:.1}ms")).unwrap_or_else(|| "-".into())
 }
 
+fn ago(secs: f64) -> String {
+    humantime::format_duration(Duration::from_secs(secs as u64)).to_string() + " ago"
+}
+
+/// The configuration lines above the table: the file, the last reload, what waits for a
+/// restart.
+fn reload_line(r: &crate::reload::ReloadStatus) -> String {
+    let mut out = format!("config: {}", r.file.as_deref().unwrap_or("flags only"));
+    match (&r.last_result, r.last_seconds_ago) {
+        (Some(result), Some(t)) => {
+            let cause = r.last_cause.as_deref().unwrap_or("reload");
+            if result == "ok" {
+                out.push_str(&format!("; last reload {} ({cause}): ok", ago(t)));
+            } else {
+                out.push_str(&format!(
+                    "; last reload {} ({cause}): FAILED, the previous settings stay in effect: {}",
+                    ago(t),
+                    r.last_error.as_deref().unwrap_or("")
+                ));
+            }
+        }
+        _ => out.push_str("; not reloaded since start"),
+    }
+    out.push_str(&format!(
+        " ({} reloads, {} failed)\n",
+        r.reloads, r.failures
+    ));
+    if !r.restart_needed.is_empty() {
+        out.push_str(&format!(
+            "config: changed, applied at the next start: {}\n",
+            r.restart_needed.join(", ")
+        ));
+    }
+    if let Some(t) = r.pending_change_seconds_ago {
+        out.push_str(&format!(
+            "config: a change seen {} waits to settle\n",
+            ago(t)
+        ));
+    }
+    out
+}
+
 /// The table `apilb status` prints.
 pub fn render(s: &Status) -> String {
     let mut rows = vec![[
@@ -83,12 +125,16 @@ pub fn render(s: &Status) -> String {
         } else {
             v.state.clone()
         };
+        // A down or unknown server's last figures are from before it went silent: not
+        // shown as if they were current.
+        let current = !matches!(v.state.as_str(), "down" | "unknown");
+        let figure = |f: Option<f64>| ms(f.filter(|_| current));
         rows.push([
             v.server.clone(),
             state,
             v.active_connections.to_string(),
-            ms(v.ping_rtt_ms),
-            ms(v.readyz_latency_ms),
+            figure(v.ping_rtt_ms),
+            figure(v.readyz_latency_ms),
             v.since_seconds
                 .map(|s| humantime::format_duration(Duration::from_secs(s)).to_string() + " ago")
                 .unwrap_or_else(|| "-".into()),
@@ -114,6 +160,7 @@ pub fn render(s: &Status) -> String {
         s.client_connections,
         humantime::format_duration(Duration::from_secs(s.uptime_seconds))
     );
+    out.push_str(&reload_line(&s.reload));
     for r in rows {
         let line: Vec<String> = r
             .iter()
@@ -136,4 +183,59 @@ pub fn render(s: &Status) -> String {
         out.push_str("* a client connect failed since the last good health check\n");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::ServerStatus;
+
+    fn server(name: &str, state: &str) -> ServerStatus {
+        ServerStatus {
+            server: name.into(),
+            addresses: vec![],
+            state: state.into(),
+            reason: String::new(),
+            since_seconds: Some(3),
+            last_check_seconds_ago: Some(0.5),
+            ping_rtt_ms: Some(0.25),
+            readyz_latency_ms: Some(0.75),
+            readyz_status: Some(200),
+            protocol: Some("h2".into()),
+            active_connections: 0,
+            connect_failed: false,
+            source: "seed".into(),
+            removed: false,
+        }
+    }
+
+    #[test]
+    fn a_down_server_shows_no_stale_figures() {
+        let s = Status {
+            ready: true,
+            version: "0.1.0".into(),
+            uptime_seconds: 5,
+            client_connections: 0,
+            servers: vec![server("cp1:6443", "ready"), server("cp2:6443", "down")],
+            discovery: None,
+            reload: Default::default(),
+            config: Default::default(),
+        };
+        let out = render(&s);
+        let line = |name: &str| {
+            out.lines()
+                .find(|l| l.starts_with(name))
+                .unwrap()
+                .to_string()
+        };
+        assert!(
+            line("cp1").contains("0.2ms") && line("cp1").contains("0.8ms"),
+            "{out}"
+        );
+        assert!(!line("cp2").contains("ms "), "{out}");
+        assert!(
+            out.contains("config: flags only; not reloaded since start"),
+            "{out}"
+        );
+    }
 }

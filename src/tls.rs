@@ -138,8 +138,16 @@ fn load_certs(flag: &'static str, path: &Path) -> Result<Vec<CertificateDer<'sta
         path: path.display().to_string(),
         message,
     };
+    let fix = match flag {
+        "--ca-file" => {
+            "give the CA that signs the apiservers' certificates, e.g. \
+             --ca-file /etc/kubernetes/pki/ca.crt (kubeadm) or /etc/kubernetes/ssl/ca.crt \
+             (kubespray), or pass --health-insecure-skip-verify to skip verification"
+        }
+        _ => "check the path",
+    };
     let iter = CertificateDer::pem_file_iter(path)
-        .map_err(|e| err(format!("cannot read certificates: {e}")))?;
+        .map_err(|e| err(format!("cannot read certificates: {e}; {fix}")))?;
     let certs: Vec<_> = iter
         .collect::<Result<_, _>>()
         .map_err(|e| err(format!("invalid PEM: {e}")))?;

@@ -366,7 +366,7 @@ fn configuration_errors_name_the_flag_and_the_fix() {
     let (code, err) = run_err(&["--config", f.to_str().unwrap()]);
     assert_eq!(code, Some(2));
     assert!(
-        err.contains("c.yaml") && err.contains("unknown field `servers`"),
+        err.contains("c.yaml") && err.contains("unknown key `servers`; did you mean `server`?"),
         "{err}"
     );
     // A CA file that is not PEM.

@@ -1,7 +1,7 @@
 //! Every fix an error suggests is accepted by the command that printed it.
 //!
-//! For each bad input of `apilb manifest`, `apilb kubeconfig rewrite|restore` and `apilb
-//! kubeadm post-join` that gets a message naming a flag to add, this runs the command as
+//! For each bad input of `apilb manifest`, `apilb kubeconfig rewrite|restore`, `apilb
+//! kubeadm post-join` and `apilb run --check` that gets a message naming a flag to add, this runs the command as
 //! given (exit code 2, the message), then the same command with each suggested fix
 //! applied, and requires it to succeed (exit code 0). It also reads every `--flag` the
 //! message mentions: a flag that is neither in the command nor applied by one of the case's
@@ -453,6 +453,107 @@ fn manifest_cases(dir: &Path) -> Vec<Case> {
     cases
 }
 
+/// `apilb run --check`: what a start refuses, checked without starting.
+fn run_cases(dir: &Path) -> Vec<Case> {
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["kubernetes".to_string()]).unwrap();
+    let ca = dir.join("run-ca.crt");
+    std::fs::write(&ca, cert.pem()).unwrap();
+    let key = dir.join("run-client.key");
+    std::fs::write(&key, signing_key.serialize_pem()).unwrap();
+    let (ca, key) = (ca.display().to_string(), key.display().to_string());
+    let missing = dir.join("missing-ca.crt").display().to_string();
+    let r = |a: &[&str]| {
+        let mut out = v(&["run", "--check"]);
+        out.extend(v(a));
+        out
+    };
+    let mut cases = Vec::new();
+
+    let base = r(&["--server", "10.0.0.11:6443"]);
+    cases.push(Case {
+        what: "run without a CA",
+        says: "give the cluster CA",
+        fixes: vec![
+            ("--ca-file", add(&base, &["--ca-file", &ca])),
+            (
+                "--health-insecure-skip-verify",
+                add(&base, &["--health-insecure-skip-verify"]),
+            ),
+        ],
+        args: base,
+        file: None,
+        refers: &[],
+    });
+
+    let base = r(&["--server", "10.0.0.11:6443", "--ca-file", &missing]);
+    cases.push(Case {
+        what: "run with a CA file that is not there",
+        says: "cannot read certificates",
+        fixes: vec![
+            ("--ca-file", set(&base, "--ca-file", &ca)),
+            (
+                "--health-insecure-skip-verify",
+                add(&base, &["--health-insecure-skip-verify"]),
+            ),
+        ],
+        args: base,
+        file: None,
+        refers: &[],
+    });
+
+    let base = r(&["--ca-file", &ca]);
+    cases.push(Case {
+        what: "run without servers",
+        says: "no servers",
+        fixes: vec![("--server", add(&base, &["--server", "10.0.0.11:6443"]))],
+        args: base,
+        file: None,
+        refers: &[],
+    });
+
+    let base = r(&[
+        "--server",
+        "10.0.0.11:6443",
+        "--ca-file",
+        &ca,
+        "--listen",
+        "0.0.0.0:6443",
+    ]);
+    cases.push(Case {
+        what: "run on a non-loopback address",
+        says: "not a loopback address",
+        fixes: vec![(
+            "--allow-non-loopback",
+            add(&base, &["--allow-non-loopback"]),
+        )],
+        args: base,
+        file: None,
+        refers: &[],
+    });
+
+    let base = r(&[
+        "--server",
+        "10.0.0.11:6443",
+        "--ca-file",
+        &ca,
+        "--health-client-cert",
+        &ca,
+    ]);
+    cases.push(Case {
+        what: "run with a client certificate and no key",
+        says: "needs both",
+        fixes: vec![(
+            "--health-client-key",
+            add(&base, &["--health-client-key", &key]),
+        )],
+        args: base,
+        file: None,
+        refers: &[],
+    });
+    cases
+}
+
 fn kubeconfig_cases(dir: &Path, admin: &str) -> Vec<Case> {
     let mut cases = Vec::new();
     let file = dir.join("config");
@@ -618,6 +719,7 @@ fn every_suggested_fix_is_accepted_by_the_command_that_suggested_it() {
     let admin = ready_admin();
     let mut cases = manifest_cases(dir.path());
     cases.extend(kubeconfig_cases(dir.path(), &admin));
+    cases.extend(run_cases(dir.path()));
     let mut fixes_run = 0;
     for c in &cases {
         let lay = || {
@@ -701,7 +803,7 @@ fn every_suggested_fix_is_accepted_by_the_command_that_suggested_it() {
             fixes_run += 1;
         }
     }
-    assert!(fixes_run >= 30, "only {fixes_run} fixes were run");
+    assert!(fixes_run >= 37, "only {fixes_run} fixes were run");
 }
 
 /// The scanner itself: what counts as a suggested flag.
