@@ -194,7 +194,7 @@ pub struct FileConfig {
     pub resolve_interval: Option<String>,
     pub discovery_kubeconfig: Option<PathBuf>,
     pub discovery_interval: Option<String>,
-    pub discovery_mode: Option<crate::discovery::Mode>,
+    pub discovery_mode: Option<crate::control::discovery::Mode>,
     pub discovery_removal_grace: Option<String>,
     pub state_dir: Option<PathBuf>,
 }
@@ -239,7 +239,7 @@ pub struct Config {
     pub ready_timeout: Duration,
     pub resolve_interval: Duration,
     /// Control-plane discovery, when `--discovery-kubeconfig` is given.
-    pub discovery: Option<crate::discovery::DiscoverySettings>,
+    pub discovery: Option<crate::control::discovery::DiscoverySettings>,
     /// The config file this came from, watched for changes.
     pub config_file: Option<PathBuf>,
     /// True when `--server` flags pinned the list: reloads of the file keep it.
@@ -886,7 +886,7 @@ pub fn resolve(args: &RunArgs, file: FileConfig) -> Result<Config, ConfigError> 
             .or(file.discovery_kubeconfig.clone())
         {
             None => None,
-            Some(kubeconfig) => Some(crate::discovery::DiscoverySettings {
+            Some(kubeconfig) => Some(crate::control::discovery::DiscoverySettings {
                 kubeconfig,
                 interval: duration(
                     args.discovery_interval,
@@ -898,7 +898,7 @@ pub fn resolve(args: &RunArgs, file: FileConfig) -> Result<Config, ConfigError> 
                 mode: args
                     .discovery_mode
                     .or(file.discovery_mode)
-                    .unwrap_or(crate::discovery::Mode::Seed),
+                    .unwrap_or(crate::control::discovery::Mode::Seed),
                 state_dir: args
                     .state_dir
                     .clone()

@@ -13,7 +13,7 @@ use apilb::cli::{self, Cli, Command, KubeadmCommand};
 use apilb::config::{self, LogFormat};
 use apilb::node::kubeconfig::{self, cmd as kubeconfig_cmd};
 use apilb::node::{kubeadm, kubespray, manifest};
-use apilb::{logging, run, status, tls};
+use apilb::{admin, control::tls, logging, run};
 
 /// The `--log-level` filter. A bare level applies to apilb; libraries stay at warn (their
 /// debug output is a protocol trace). A full filter (`apilb=debug,h2=trace`) is used as given.
@@ -135,12 +135,12 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            match rt.block_on(status::fetch(&args.admin_url)) {
+            match rt.block_on(admin::client::fetch(&args.admin_url)) {
                 Ok(s) => {
                     let text = if args.json {
                         serde_json::to_string_pretty(&s).unwrap_or_default() + "\n"
                     } else {
-                        status::render(&s)
+                        admin::client::render(&s)
                     };
                     // A closed pipe (`apilb status | head`) is not an error worth a panic.
                     let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());

@@ -61,7 +61,7 @@ pub enum Check {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServerCause {
     pub server: String,
-    pub cause: crate::judge::Cause,
+    pub cause: crate::control::judge::Cause,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -214,12 +214,12 @@ impl Metrics {
             "spliced_bytes",
             "Bytes of bulk transfers moved by splice(2), kernel to kernel, rather than through \
              apilb's memory (both directions, all servers; also counted in apilb_bytes)",
-            crate::splice::spliced_bytes().clone(),
+            crate::proxy::splice::spliced_bytes().clone(),
         );
         registry.register(
             "splice_pipes",
             "Pipes open for splice(2): held by transfers with bytes in flight, or pooled empty",
-            crate::splice::pipes_open().clone(),
+            crate::proxy::splice::pipes_open().clone(),
         );
         let m = Metrics {
             server_state: Family::default(),
@@ -425,7 +425,7 @@ impl Metrics {
 
     /// Publishes a server's state as a one-hot gauge set.
     pub fn set_state(&self, server: &str, state: &'static str) {
-        for st in crate::backend::State::ALL {
+        for st in crate::control::backend::State::ALL {
             let v = i64::from(st.as_str() == state);
             self.server_state
                 .get_or_create(&ServerState {
@@ -442,7 +442,7 @@ impl Metrics {
         self.active.remove(&ServerLabel { server: s() });
         self.connect_seconds.remove(&ServerLabel { server: s() });
         self.failover_closed.remove(&ServerLabel { server: s() });
-        for cause in crate::judge::Cause::ALL {
+        for cause in crate::control::judge::Cause::ALL {
             self.health_failures
                 .remove(&ServerCause { server: s(), cause });
         }
@@ -467,7 +467,7 @@ impl Metrics {
             self.check_seconds
                 .remove(&ServerCheck { server: s(), check });
         }
-        for st in crate::backend::State::ALL {
+        for st in crate::control::backend::State::ALL {
             self.server_state.remove(&ServerState {
                 server: s(),
                 state: st.as_str(),
@@ -485,7 +485,7 @@ impl Metrics {
         self.discovery_last_success.set(unix_now());
     }
 
-    pub fn health_failure(&self, server: &str, cause: crate::judge::Cause) {
+    pub fn health_failure(&self, server: &str, cause: crate::control::judge::Cause) {
         self.health_failures
             .get_or_create(&ServerCause {
                 server: server.to_string(),
@@ -504,10 +504,10 @@ impl Metrics {
             .inc();
     }
 
-    pub fn timed_out(&self, which: crate::copy::TimedOut) {
+    pub fn timed_out(&self, which: crate::proxy::copy::TimedOut) {
         let timeout = match which {
-            crate::copy::TimedOut::HalfClosed => TimeoutKind::half_closed,
-            crate::copy::TimedOut::Idle => TimeoutKind::idle,
+            crate::proxy::copy::TimedOut::HalfClosed => TimeoutKind::half_closed,
+            crate::proxy::copy::TimedOut::Idle => TimeoutKind::idle,
         };
         self.timed_out
             .get_or_create(&TimeoutLabel { timeout })

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use sd_notify::NotifyState;
 
-use crate::backend::Backends;
+use crate::control::backend::Backends;
 
 /// How often the set is looked at while waiting for a ready server (at most the
 /// `--ready-timeout`, at start only).

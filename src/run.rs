@@ -15,17 +15,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::Admin;
-use crate::backend::{Backend, Backends, Removal, Source};
 use crate::cli::RunArgs;
 use crate::config::{self, Config, ServerSpec};
-use crate::connect::RaceSettings;
-use crate::discovery::{self, Discovery};
-use crate::health::{self, HealthContext};
+use crate::control::backend::{Backend, Backends, Removal, Source};
+use crate::control::discovery::{self, Discovery};
+use crate::control::health::{self, HealthContext};
 use crate::metrics::Metrics;
+use crate::proxy::connect::RaceSettings;
+use crate::proxy::socket;
+use crate::proxy::workers::Workers;
 use crate::proxy::Proxy;
 use crate::reload;
-use crate::socket;
-use crate::workers::Workers;
 
 /// The servers and what runs for each: applying a new set starts the health checker (and
 /// resolver) of every new server.
@@ -245,7 +245,7 @@ pub async fn run(
     early: EarlySignals,
 ) -> anyhow::Result<()> {
     cfg.max_connections = fit_nofile_limit(cfg.max_connections, cfg.max_connections_given);
-    let tls = crate::tls::client_config(&cfg)?;
+    let tls = crate::control::tls::client_config(&cfg)?;
     let metrics = Arc::new(Metrics::build(cfg.discovery.is_some()));
     // Cancelled only at the very end: closes every connection still open after the drain.
     let hard_stop = CancellationToken::new();
@@ -305,7 +305,7 @@ pub async fn run(
             client_hello_timeout: Some(cfg.client_hello_timeout).filter(|d| !d.is_zero()),
         },
         cfg.max_connections,
-        crate::copy::Timeouts {
+        crate::proxy::copy::Timeouts {
             half_closed: Some(cfg.half_closed_timeout).filter(|d| !d.is_zero()),
             idle: Some(cfg.idle_timeout).filter(|d| !d.is_zero()),
         },

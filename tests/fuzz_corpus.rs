@@ -1,4 +1,4 @@
-//! Every seed of the fuzz targets (fuzz/run) through its entry point in src/fuzzing.rs, on
+//! Every seed of the fuzz targets (fuzz/run) through its entry point in src/testing/fuzzing.rs, on
 //! stable Rust, in the normal test suite: the properties the fuzzers check hold on the real
 //! shapes, and the seeds stay where fuzz/run looks for them.
 
@@ -28,37 +28,46 @@ fn each_seed(dirs: &[&str], target: fn(&[u8])) {
 fn config_file_seeds() {
     each_seed(
         &["fuzz/seeds/config_file", "manifests"],
-        apilb::fuzzing::config_file,
+        apilb::testing::fuzzing::config_file,
     );
 }
 
 #[test]
 fn kubeconfig_seeds() {
-    each_seed(&["tests/data/kubeconfig"], apilb::fuzzing::kubeconfig);
+    each_seed(
+        &["tests/data/kubeconfig"],
+        apilb::testing::fuzzing::kubeconfig,
+    );
 }
 
 #[test]
 fn discovery_answer_seeds() {
     each_seed(
         &["fuzz/seeds/discovery_answer"],
-        apilb::fuzzing::discovery_answer,
+        apilb::testing::fuzzing::discovery_answer,
     );
 }
 
 #[test]
 fn state_file_seeds() {
-    each_seed(&["fuzz/seeds/state_file"], apilb::fuzzing::state_file);
+    each_seed(
+        &["fuzz/seeds/state_file"],
+        apilb::testing::fuzzing::state_file,
+    );
 }
 
 #[test]
 fn kubespray_conf_seeds() {
-    each_seed(&["tests/data/kubespray"], apilb::fuzzing::kubespray_conf);
+    each_seed(
+        &["tests/data/kubespray"],
+        apilb::testing::fuzzing::kubespray_conf,
+    );
 }
 
 #[test]
 fn readyz_answer_seeds() {
     each_seed(&["fuzz/seeds/readyz_answer"], |d| {
-        apilb::fuzzing::readyz_answer(d);
+        apilb::testing::fuzzing::readyz_answer(d);
     });
 }
 
@@ -67,7 +76,7 @@ fn readyz_answer_seeds() {
 /// hanging up or sending GOAWAY: draining.
 #[test]
 fn readyz_answers_decide_the_state() {
-    use apilb::backend::State;
+    use apilb::control::backend::State;
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/readyz_answer");
     for (seed, want) in [
         ("h1-200", (Some(200), State::Down)),
@@ -82,6 +91,10 @@ fn readyz_answers_decide_the_state() {
         ("h2-goaway", (None, State::Draining)),
     ] {
         let data = std::fs::read(root.join(seed)).unwrap();
-        assert_eq!(apilb::fuzzing::readyz_answer(&data), Some(want), "{seed}");
+        assert_eq!(
+            apilb::testing::fuzzing::readyz_answer(&data),
+            Some(want),
+            "{seed}"
+        );
     }
 }

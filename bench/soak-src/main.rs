@@ -453,7 +453,7 @@ fn write_outputs(args: &Args, analysis: &Analysis, lb: &Apilb) {
         .iter()
         .filter(|v| {
             !matches!(v["level"].as_str(), Some("DEBUG") | Some("TRACE"))
-                || v["target"] == "apilb::health"
+                || v["target"] == "apilb::control::health"
         })
         .map(|v| v.to_string() + "\n")
         .collect();

@@ -1,3 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| apilb::fuzzing::config_file(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| apilb::testing::fuzzing::config_file(data));

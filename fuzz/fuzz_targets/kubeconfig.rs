@@ -1,3 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| apilb::fuzzing::kubeconfig(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| apilb::testing::fuzzing::kubeconfig(data));

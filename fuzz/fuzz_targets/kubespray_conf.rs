@@ -1,3 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| apilb::fuzzing::kubespray_conf(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| apilb::testing::fuzzing::kubespray_conf(data));

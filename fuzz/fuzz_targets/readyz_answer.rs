@@ -1,5 +1,5 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let _ = apilb::fuzzing::readyz_answer(data);
+    let _ = apilb::testing::fuzzing::readyz_answer(data);
 });

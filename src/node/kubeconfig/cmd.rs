@@ -37,7 +37,7 @@ pub(crate) async fn wait_ready(
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
-        let last = match crate::status::get(admin_url, "/readyz").await {
+        let last = match crate::admin::client::get(admin_url, "/readyz").await {
             Ok((200, _)) => return Ok(()),
             Ok((code, body)) => format!("{code} {}", String::from_utf8_lossy(&body).trim()),
             Err(e) => format!("{e:#}"),

@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelValue;
 
-use crate::backend::State;
+use crate::control::backend::State;
 
 /// Why a check failed: the label of `apilb_health_failures_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EncodeLabelValue)]

@@ -35,10 +35,10 @@ use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use crate::backend::{Backend, ConnGuard, PassiveFailure};
-use crate::copy::write_all;
+use crate::control::backend::{Backend, ConnGuard, PassiveFailure};
 use crate::metrics::Metrics;
-use crate::socket;
+use crate::proxy::copy::write_all;
+use crate::proxy::socket;
 
 #[derive(Debug, Clone, Copy)]
 pub struct RaceSettings {
@@ -430,7 +430,7 @@ pub async fn establish(
                     );
                 }
                 if let Some(mut c) = candidates.take() {
-                    crate::balance::rank(c.make_contiguous());
+                    crate::proxy::balance::rank(c.make_contiguous());
                     pending = Some(Box::pin(connect_race(c, s)));
                 }
             }

@@ -12,10 +12,10 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{Backend, State};
 use crate::cli::RunArgs;
 use crate::config::{self, HealthSettings, ServerSpec};
-use crate::discovery;
+use crate::control::backend::{Backend, State};
+use crate::control::discovery;
 use crate::metrics::Metrics;
 use crate::node::kubeconfig::{self, ClusterSelector, Outcome, RewriteOptions};
 use crate::node::kubespray;
@@ -218,11 +218,11 @@ pub fn readyz_answer(data: &[u8]) -> Option<(Option<u16>, State)> {
         });
         let ended = tokio::time::timeout(
             Duration::from_secs(10),
-            crate::health::check_once(client, h2, &b, settings),
+            crate::control::health::check_once(client, h2, &b, settings),
         )
         .await;
         let ending = ended.unwrap_or_else(|_| panic!("the check never ended (h2: {h2})"));
-        if let crate::health::Ending::Cause(_, why) = ending {
+        if let crate::control::health::Ending::Cause(_, why) = ending {
             assert!(!why.is_empty());
         }
         Some((b.observed().readyz_status, b.state()))

@@ -372,7 +372,7 @@ impl Backend {
     }
 
     /// Counts a failed health observation by cause.
-    pub fn count_failure(&self, cause: crate::judge::Cause) {
+    pub fn count_failure(&self, cause: crate::control::judge::Cause) {
         self.registry.health_failure(&self.name, cause);
     }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use rand::seq::SliceRandom;
 
-use crate::backend::{Backend, State};
+use crate::control::backend::{Backend, State};
 
 /// The servers to try, best first, and whether this is panic mode.
 pub struct Plan {
@@ -102,7 +102,7 @@ mod tests {
         s[1].set_state(State::NotReady, "readyz 500");
         s[2].set_state(State::Ready, "ok");
         s[3].set_state(State::Ready, "ok");
-        s[3].mark_passive_failure(crate::backend::PassiveFailure::Connect, "refused");
+        s[3].mark_passive_failure(crate::control::backend::PassiveFailure::Connect, "refused");
         let p = plan(&s);
         assert!(!p.panic);
         assert!(Arc::ptr_eq(&p.order[0], &s[2]));

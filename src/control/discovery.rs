@@ -34,8 +34,8 @@ use rustls::pki_types::{PrivateKeyDer, ServerName};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 
-use crate::backend::{Backend, Backends, Source, State};
 use crate::config::ServerSpec;
+use crate::control::backend::{Backend, Backends, Source, State};
 use crate::metrics::Metrics;
 
 const SLICE_PATH: &str = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/kubernetes";
@@ -387,7 +387,8 @@ impl Credentials {
                 ))
             }
         };
-        let roots = crate::tls::parse_certs(&format!("{p}: certificate-authority"), &ca_pem)?;
+        let roots =
+            crate::control::tls::parse_certs(&format!("{p}: certificate-authority"), &ca_pem)?;
         let cert = match (&user.cert_data, &user.cert) {
             (Some(d), _) => Some(b64(d, "client-certificate-data")?),
             (None, Some(f)) => Some(read_file(base, f, "client-certificate")?),
@@ -400,9 +401,10 @@ impl Credentials {
         };
         let client = match (cert, key) {
             (Some(c), Some(k)) => {
-                let chain = crate::tls::parse_certs(&format!("{p}: client-certificate"), &c)?;
+                let chain =
+                    crate::control::tls::parse_certs(&format!("{p}: client-certificate"), &c)?;
                 let key: PrivateKeyDer<'static> =
-                    crate::tls::parse_key(&format!("{p}: client-key"), &k)?;
+                    crate::control::tls::parse_key(&format!("{p}: client-key"), &k)?;
                 Some((chain, key))
             }
             (None, None) => None,
@@ -428,7 +430,7 @@ impl Credentials {
                  discovery supports those two (exec plugins are not run)"
             ));
         }
-        let tls = crate::tls::client_config_with(roots, client, &[b"http/1.1"])
+        let tls = crate::control::tls::client_config_with(roots, client, &[b"http/1.1"])
             .map_err(|e| format!("{p}: {e}"))?;
         // The kubeconfig's tls-server-name, else its server's host unless it is loopback (a
         // rewritten kubeconfig points at apilb itself), else the server's own host.

@@ -17,6 +17,14 @@
 //! sides and counted (`copy::Timeouts`); on shutdown the accept loops stop and `drain` waits
 //! for live connections up to the grace.
 
+pub mod balance;
+pub mod connect;
+pub mod copy;
+pub mod hello;
+pub mod socket;
+pub mod splice;
+pub mod workers;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,13 +35,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::backend::Backends;
-use crate::connect::{self, RaceSettings};
-use crate::copy::{Ended, Timeouts};
-use crate::hello::{self, Progress};
+use crate::control::backend::Backends;
 use crate::log_limit::LogLimit;
 use crate::metrics::{Listener, Metrics, RejectReason};
-use crate::{balance, copy, socket};
+use connect::RaceSettings;
+use copy::{Ended, Timeouts};
+use hello::Progress;
 
 /// Per-kind limits of the log lines a client can cause.
 #[derive(Default)]

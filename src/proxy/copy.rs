@@ -32,8 +32,8 @@ use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-use crate::socket;
-use crate::splice::{self, Pipe};
+use crate::proxy::socket;
+use crate::proxy::splice::{self, Pipe};
 
 /// Bytes read per system call. On the stack, inside `poll` only, never initialised.
 const CHUNK: usize = 64 * 1024;

@@ -8,6 +8,8 @@
 //! closed at once), so a flood of admin requests can delay neither the health checks (main
 //! thread) nor client traffic (workers).
 
+pub mod client;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -22,8 +24,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{Backend, Backends};
-use crate::discovery::{Discovery, DiscoveryStatus};
+use crate::control::backend::{Backend, Backends};
+use crate::control::discovery::{Discovery, DiscoveryStatus};
 use crate::log_limit::LogLimit;
 use crate::metrics::{Listener, Metrics};
 use crate::proxy::Proxy;

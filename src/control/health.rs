@@ -47,11 +47,11 @@ use tokio::time::sleep_until;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use crate::backend::{Backend, Backends, State};
 use crate::config::HealthSettings;
-use crate::goaway;
-use crate::judge::{describe, Cause, Judge, Observation};
-use crate::socket;
+use crate::control::backend::{Backend, Backends, State};
+use crate::control::goaway;
+use crate::control::judge::{describe, Cause, Judge, Observation};
+use crate::proxy::socket;
 
 /// How often /readyz is asked while a server is not ready (HAProxy's `fastinter`).
 const FAST_INTERVAL: Duration = Duration::from_secs(1);
@@ -305,7 +305,7 @@ async fn connect(b: &Backend, ctx: &HealthContext) -> Result<TlsStream<TcpStream
             format!("{} has no address", b.spec.host),
         ));
     };
-    let name = crate::tls::server_name(&b.spec.host, ctx.tls_server_name.as_deref())
+    let name = crate::control::tls::server_name(&b.spec.host, ctx.tls_server_name.as_deref())
         .map_err(|e| Ending::of(Cause::tls, e))?;
     let timeout = ctx.settings.timeout;
     let mut connected = false;

@@ -6,7 +6,7 @@
 use proptest::prelude::*;
 
 use crate::config::ServerSpec;
-use crate::discovery;
+use crate::control::discovery;
 use crate::node::kubeconfig::{self, ClusterSelector, Outcome, RewriteOptions};
 
 fn host() -> impl Strategy<Value = String> {
