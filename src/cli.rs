@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::LogFormat;
+use crate::logging::LogFormat;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -208,7 +208,7 @@ pub struct RunArgs {
     /// seed: balance over the discovered set once discovery succeeds; pin: keep the
     /// --server list and only report what the cluster says. [default: seed]
     #[arg(long, value_enum)]
-    pub discovery_mode: Option<crate::control::discovery::Mode>,
+    pub discovery_mode: Option<crate::server::DiscoveryMode>,
 
     /// A discovered server that disappears keeps its open connections this long (or until it
     /// goes down). [default: 5m]

@@ -12,7 +12,6 @@
 //! Where a list is expected a single value is accepted too (`server: 10.0.0.11:6443`), and a
 //! misspelt key gets the nearest real one as its fix.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -20,6 +19,9 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use crate::cli::RunArgs;
+pub use crate::logging::LogFormat;
+use crate::server::DiscoveryMode;
+pub use crate::server::ServerSpec;
 
 /// Default listen address: kubelet and kube-proxy are pointed at https://127.0.0.1:6443.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:6443";
@@ -57,85 +59,6 @@ pub mod defaults {
     pub const DISCOVERY_INTERVAL: Duration = Duration::from_secs(30);
     pub const DISCOVERY_REMOVAL_GRACE: Duration = Duration::from_secs(300);
     pub const STATE_DIR: &str = "/var/lib/apilb";
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-/// A control plane as the operator wrote it: `host:port`, `[v6]:port` or `ip:port`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ServerSpec {
-    pub host: String,
-    pub port: u16,
-}
-
-impl fmt::Display for ServerSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
-        }
-    }
-}
-
-impl ServerSpec {
-    /// Parses `host:port`. Errors are plain text; the caller says where the value came from.
-    pub fn parse(s: &str) -> Result<ServerSpec, String> {
-        let s = s.trim();
-        let s = s
-            .strip_prefix("https://")
-            .map(|r| r.trim_end_matches('/'))
-            .unwrap_or(s);
-        if s.is_empty() {
-            return Err("empty server address; write HOST:PORT, e.g. 10.0.0.11:6443".into());
-        }
-        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
-            let (h, after) = rest
-                .split_once(']')
-                .ok_or_else(|| format!("`{s}`: missing `]` in IPv6 address; write [ADDR]:PORT"))?;
-            let port = after
-                .strip_prefix(':')
-                .ok_or_else(|| format!("`{s}`: missing port; write [{h}]:6443"))?;
-            if h.parse::<std::net::Ipv6Addr>().is_err() {
-                return Err(format!(
-                    "`{s}`: `{h}` is not an IPv6 address; brackets are for IPv6 only"
-                ));
-            }
-            (h.to_string(), port)
-        } else {
-            let (h, p) = s
-                .rsplit_once(':')
-                .ok_or_else(|| format!("`{s}`: missing port; write {s}:6443"))?;
-            if h.contains(':') {
-                return Err(format!(
-                    "`{s}`: IPv6 addresses need brackets; write [{h}]:{p}"
-                ));
-            }
-            (h.to_string(), p)
-        };
-        if host.is_empty() {
-            return Err(format!("`{s}`: missing host; write HOST:PORT"));
-        }
-        let name_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
-        if !host.contains(':') && !host.chars().all(name_char) {
-            return Err(format!(
-                "`{s}`: `{host}` is not a host name or IP address; write HOST:PORT, \
-                 e.g. 10.0.0.11:6443"
-            ));
-        }
-        let port: u16 = port
-            .parse()
-            .map_err(|_| format!("`{s}`: port `{port}` is not a number from 1 to 65535"))?;
-        if port == 0 {
-            return Err(format!("`{s}`: port 0 is not allowed"));
-        }
-        Ok(ServerSpec { host, port })
-    }
 }
 
 /// A list, or one value standing for a list of one (`server: 10.0.0.11:6443`).
@@ -194,7 +117,7 @@ pub struct FileConfig {
     pub resolve_interval: Option<String>,
     pub discovery_kubeconfig: Option<PathBuf>,
     pub discovery_interval: Option<String>,
-    pub discovery_mode: Option<crate::control::discovery::Mode>,
+    pub discovery_mode: Option<DiscoveryMode>,
     pub discovery_removal_grace: Option<String>,
     pub state_dir: Option<PathBuf>,
 }
@@ -239,7 +162,7 @@ pub struct Config {
     pub ready_timeout: Duration,
     pub resolve_interval: Duration,
     /// Control-plane discovery, when `--discovery-kubeconfig` is given.
-    pub discovery: Option<crate::control::discovery::DiscoverySettings>,
+    pub discovery: Option<DiscoverySettings>,
     /// The config file this came from, watched for changes.
     pub config_file: Option<PathBuf>,
     /// True when `--server` flags pinned the list: reloads of the file keep it.
@@ -886,7 +809,7 @@ pub fn resolve(args: &RunArgs, file: FileConfig) -> Result<Config, ConfigError> 
             .or(file.discovery_kubeconfig.clone())
         {
             None => None,
-            Some(kubeconfig) => Some(crate::control::discovery::DiscoverySettings {
+            Some(kubeconfig) => Some(DiscoverySettings {
                 kubeconfig,
                 interval: duration(
                     args.discovery_interval,
@@ -898,7 +821,7 @@ pub fn resolve(args: &RunArgs, file: FileConfig) -> Result<Config, ConfigError> 
                 mode: args
                     .discovery_mode
                     .or(file.discovery_mode)
-                    .unwrap_or(crate::control::discovery::Mode::Seed),
+                    .unwrap_or(DiscoveryMode::Seed),
                 state_dir: args
                     .state_dir
                     .clone()
@@ -1102,4 +1025,14 @@ mod tests {
             assert!(load(&args(&v)).is_ok(), "{flag} 100y refused");
         }
     }
+}
+
+/// Discovery as configured: where the kubeconfig is, how often to ask, and the merge mode.
+#[derive(Debug, Clone)]
+pub struct DiscoverySettings {
+    pub kubeconfig: PathBuf,
+    pub interval: Duration,
+    pub mode: DiscoveryMode,
+    pub state_dir: PathBuf,
+    pub removal_grace: Duration,
 }

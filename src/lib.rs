@@ -24,6 +24,7 @@ pub mod process_metrics;
 pub mod proxy;
 pub mod reload;
 pub mod run;
+pub mod server;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod util;

@@ -207,3 +207,11 @@ mod tests {
         assert_eq!(write_errors().get(), before + 1);
     }
 }
+
+/// `--log-format`: human-readable lines or one JSON object per line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}

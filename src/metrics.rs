@@ -61,7 +61,7 @@ pub enum Check {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServerCause {
     pub server: String,
-    pub cause: crate::control::judge::Cause,
+    pub cause: crate::server::Cause,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -425,7 +425,7 @@ impl Metrics {
 
     /// Publishes a server's state as a one-hot gauge set.
     pub fn set_state(&self, server: &str, state: &'static str) {
-        for st in crate::control::backend::State::ALL {
+        for st in crate::server::State::ALL {
             let v = i64::from(st.as_str() == state);
             self.server_state
                 .get_or_create(&ServerState {
@@ -442,7 +442,7 @@ impl Metrics {
         self.active.remove(&ServerLabel { server: s() });
         self.connect_seconds.remove(&ServerLabel { server: s() });
         self.failover_closed.remove(&ServerLabel { server: s() });
-        for cause in crate::control::judge::Cause::ALL {
+        for cause in crate::server::Cause::ALL {
             self.health_failures
                 .remove(&ServerCause { server: s(), cause });
         }
@@ -467,7 +467,7 @@ impl Metrics {
             self.check_seconds
                 .remove(&ServerCheck { server: s(), check });
         }
-        for st in crate::control::backend::State::ALL {
+        for st in crate::server::State::ALL {
             self.server_state.remove(&ServerState {
                 server: s(),
                 state: st.as_str(),
@@ -485,7 +485,7 @@ impl Metrics {
         self.discovery_last_success.set(unix_now());
     }
 
-    pub fn health_failure(&self, server: &str, cause: crate::control::judge::Cause) {
+    pub fn health_failure(&self, server: &str, cause: crate::server::Cause) {
         self.health_failures
             .get_or_create(&ServerCause {
                 server: server.to_string(),

@@ -76,7 +76,7 @@ fn readyz_answer_seeds() {
 /// hanging up or sending GOAWAY: draining.
 #[test]
 fn readyz_answers_decide_the_state() {
-    use apilb::control::backend::State;
+    use apilb::server::State;
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/readyz_answer");
     for (seed, want) in [
         ("h1-200", (Some(200), State::Down)),

@@ -23,54 +23,9 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::{ArcSwap, Guard};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ServerSpec;
 use crate::metrics::{Metrics, ServerMetrics};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum State {
-    /// Not checked yet (startup): eligible, but does not make apilb ready.
-    Unknown = 0,
-    Ready = 1,
-    /// Reachable, but /readyz failed: no new connections, existing ones untouched.
-    NotReady = 2,
-    /// Silent (no answer to PING, connect or handshake): no new connections; existing ones
-    /// closed once another server is ready to take them.
-    Down = 3,
-    /// Said it is leaving (GOAWAY, FIN, reset, refused): no new connections, existing ones
-    /// left to the server to finish.
-    Draining = 4,
-}
-
-impl State {
-    pub const ALL: [State; 5] = [
-        State::Unknown,
-        State::Ready,
-        State::NotReady,
-        State::Down,
-        State::Draining,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Unknown => "unknown",
-            State::Ready => "ready",
-            State::NotReady => "not_ready",
-            State::Down => "down",
-            State::Draining => "draining",
-        }
-    }
-
-    fn from_u8(v: u8) -> State {
-        match v {
-            1 => State::Ready,
-            2 => State::NotReady,
-            3 => State::Down,
-            4 => State::Draining,
-            _ => State::Unknown,
-        }
-    }
-}
+use crate::server::ServerSpec;
+pub use crate::server::{Source, State};
 
 /// What a client connection saw a server fail at (passive failover).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,24 +56,6 @@ impl PassiveFailure {
             PassiveFailure::FirstByteTimeout => "no answer to a client's hello in time",
             PassiveFailure::ClosedBeforeAnswer => "closed a client connection before answering",
             PassiveFailure::WriteFailed => "could not take a client's bytes",
-        }
-    }
-}
-
-/// Where a server in the set came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    Seed,
-    Discovered,
-    StateFile,
-}
-
-impl Source {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::Seed => "seed",
-            Source::Discovered => "discovered",
-            Source::StateFile => "state file",
         }
     }
 }
@@ -372,7 +309,7 @@ impl Backend {
     }
 
     /// Counts a failed health observation by cause.
-    pub fn count_failure(&self, cause: crate::control::judge::Cause) {
+    pub fn count_failure(&self, cause: crate::server::Cause) {
         self.registry.health_failure(&self.name, cause);
     }
 

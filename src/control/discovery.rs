@@ -34,9 +34,11 @@ use rustls::pki_types::{PrivateKeyDer, ServerName};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 
-use crate::config::ServerSpec;
+pub use crate::config::DiscoverySettings;
 use crate::control::backend::{Backend, Backends, Source, State};
 use crate::metrics::Metrics;
+pub use crate::server::DiscoveryMode as Mode;
+use crate::server::ServerSpec;
 
 const SLICE_PATH: &str = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/kubernetes";
 const ENDPOINTS_PATH: &str = "/api/v1/namespaces/default/endpoints/kubernetes";
@@ -44,24 +46,6 @@ const ENDPOINTS_PATH: &str = "/api/v1/namespaces/default/endpoints/kubernetes";
 const MAX_BODY: usize = 1 << 20;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub const STATE_FILE: &str = "servers.json";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Seeds until discovery succeeds, then the discovered set.
-    Seed,
-    /// Always the seeds; discovery only reports.
-    Pin,
-}
-
-#[derive(Debug, Clone)]
-pub struct DiscoverySettings {
-    pub kubeconfig: PathBuf,
-    pub interval: Duration,
-    pub mode: Mode,
-    pub state_dir: PathBuf,
-    pub removal_grace: Duration,
-}
 
 /// The merge rules: seeds, the state file's servers and the discovered set → the set.
 #[derive(Debug, Clone)]

@@ -26,79 +26,8 @@
 
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelValue;
-
-use crate::control::backend::State;
-
-/// Why a check failed: the label of `apilb_health_failures_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
-pub enum Cause {
-    /// A PING (HTTP/2) or /readyz (HTTP/1.1) unanswered for a whole window. Silence.
-    ping_timeout,
-    /// TCP connect not done within the health timeout. Silence.
-    connect_timeout,
-    /// TLS or HTTP/2 handshake not done within the health timeout. Silence.
-    handshake_timeout,
-    /// No route to the host (nothing answers ARP/NDP). Silence.
-    unreachable,
-    /// The server sent GOAWAY on the health connection. Speech.
-    goaway,
-    /// The server closed the health connection (FIN). Speech.
-    closed,
-    /// The health connection was reset or failed. Speech.
-    reset,
-    /// The server's kernel refused the connect. Speech.
-    refused,
-    /// The TLS handshake failed with an answer (certificate, alert).
-    tls,
-    /// The server answered something apilb cannot read as HTTP.
-    protocol,
-    /// `/readyz` answered non-2xx (other than 401/403).
-    readyz_status,
-    /// `/readyz` unanswered within the health timeout while PINGs are answered.
-    readyz_timeout,
-    /// An answer larger than apilb reads: a response head over hyper's limit, or a
-    /// `/readyz` body over 64 KiB. Alive, not judged ready.
-    oversized,
-}
-
-impl Cause {
-    pub const ALL: [Cause; 13] = [
-        Cause::ping_timeout,
-        Cause::connect_timeout,
-        Cause::handshake_timeout,
-        Cause::unreachable,
-        Cause::goaway,
-        Cause::closed,
-        Cause::reset,
-        Cause::refused,
-        Cause::tls,
-        Cause::protocol,
-        Cause::readyz_status,
-        Cause::readyz_timeout,
-        Cause::oversized,
-    ];
-
-    /// Silence: nobody answers. The only causes that can close pinned connections.
-    pub fn is_silence(self) -> bool {
-        matches!(
-            self,
-            Cause::ping_timeout
-                | Cause::connect_timeout
-                | Cause::handshake_timeout
-                | Cause::unreachable
-        )
-    }
-
-    /// Speech: the server (or its kernel) said it is going.
-    pub fn is_leaving(self) -> bool {
-        matches!(
-            self,
-            Cause::goaway | Cause::closed | Cause::reset | Cause::refused
-        )
-    }
-}
+pub use crate::server::Cause;
+use crate::server::State;
 
 /// What a health check saw.
 #[derive(Clone, Copy, Debug, PartialEq)]

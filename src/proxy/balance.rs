@@ -50,8 +50,8 @@ pub fn rank(order: &mut [Arc<Backend>]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ServerSpec;
     use crate::metrics::Metrics;
+    use crate::server::ServerSpec;
     use tokio_util::sync::CancellationToken;
 
     fn set(n: usize) -> Vec<Arc<Backend>> {

@@ -5,9 +5,9 @@
 
 use proptest::prelude::*;
 
-use crate::config::ServerSpec;
 use crate::control::discovery;
 use crate::node::kubeconfig::{self, ClusterSelector, Outcome, RewriteOptions};
+use crate::server::ServerSpec;
 
 fn host() -> impl Strategy<Value = String> {
     prop_oneof![

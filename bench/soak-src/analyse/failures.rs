@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use serde_json::{json, Value};
 
 use super::{lifted, name, r2, Facts};
-use crate::traffic::client::UNANSWERED;
 use crate::traffic::record::{ConnRec, Failure};
+use crate::traffic::send_error::UNANSWERED;
 
 /// Failures by class, with examples.
 pub(crate) struct Failures {

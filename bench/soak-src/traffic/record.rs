@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 
-use crate::traffic::client::{SendError, UNANSWERED};
+use crate::traffic::send_error::{SendError, UNANSWERED};
 
 /// How an operation (a request, a transfer, a watch stream) ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

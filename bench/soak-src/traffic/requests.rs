@@ -8,8 +8,9 @@ use http::StatusCode;
 use http_body_util::BodyExt;
 use serde_json::Value;
 
-use crate::traffic::client::{empty, Conn, Gen, GenBody, SendError};
+use crate::traffic::client::{empty, Conn, Gen, GenBody};
 use crate::traffic::record::{Ctx, Res};
+use crate::traffic::send_error::SendError;
 use crate::WATCH_INTERVAL_MS;
 
 /// GET /whoami: a small request; learns (or checks) the connection's server.

@@ -32,7 +32,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use crate::config::ServerSpec;
+use crate::server::ServerSpec;
 
 /// Where kubespray writes its nginx-proxy configuration (`nginx_config_dir`).
 pub const DEFAULT_NGINX_CONF: &str = "/etc/nginx/nginx.conf";
