@@ -1,0 +1,41 @@
+//! Test harness, one job per file: the PKI made at test time (`pki`), stand-in apiservers
+//! (`standin`), the `apilb run` process whose JSON log lines are events the tests wait on
+//! (`apilb`), small TLS clients (`client`), traffic held in flight (`streams`), kernel
+//! blackholes (`blackhole`) and delaying relays (`relay`). Everything a test starts or
+//! creates is stopped or removed on drop. Test files `use common::*;`: everything is
+//! re-exported here.
+#![allow(dead_code)]
+
+mod apilb;
+mod blackhole;
+mod client;
+mod pki;
+mod relay;
+mod standin;
+mod streams;
+
+use std::net::{SocketAddr, TcpListener};
+
+// Each test binary uses a part of the harness: the re-exports it leaves unused are fine.
+#[allow(unused_imports)]
+pub use self::{apilb::*, blackhole::*, client::*, pki::*, relay::*, standin::*, streams::*};
+
+/// A port free on every one of `ips` (control planes share the apiserver port).
+pub fn free_port_on_all(ips: &[[u8; 4]]) -> u16 {
+    for _ in 0..50 {
+        let port = free_port(ips[0]).port();
+        if ips
+            .iter()
+            .all(|ip| TcpListener::bind(SocketAddr::from((*ip, port))).is_ok())
+        {
+            return port;
+        }
+    }
+    panic!("no port free on all of {ips:?}");
+}
+
+/// A free TCP port on `ip` (bound and released; the OS will not hand it out again soon).
+pub fn free_port(ip: [u8; 4]) -> SocketAddr {
+    let l = TcpListener::bind(SocketAddr::from((ip, 0))).unwrap();
+    l.local_addr().unwrap()
+}
