@@ -182,15 +182,7 @@ impl Apilb {
     }
 
     pub async fn admin_get(&self, path: &str) -> (u16, String) {
-        let mut s = TcpStream::connect(self.admin).await.unwrap();
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-        let mut out = Vec::new();
-        s.read_to_end(&mut out).await.unwrap();
-        parse_response(&out)
+        admin_get_at(self.admin, path).await.unwrap()
     }
 
     pub async fn status(&self) -> Value {
@@ -242,6 +234,16 @@ impl Apilb {
             })
             .sum()
     }
+}
+
+/// One GET on the admin endpoint at `admin`: the status and body of the answer.
+pub async fn admin_get_at(admin: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(admin).await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await?;
+    Ok(parse_response(&out))
 }
 
 impl Drop for Apilb {
