@@ -13,8 +13,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// `apilb run` in front of one stand-in, its stderr on `stderr`; killed on drop.
 struct Run {
@@ -56,12 +54,7 @@ impl Run {
 
     /// One GET on the admin endpoint; None while nothing answers there.
     async fn admin_get(&self, path: &str) -> Option<(u16, String)> {
-        let mut s = TcpStream::connect(self.admin).await.ok()?;
-        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await.ok()?;
-        let mut out = Vec::new();
-        s.read_to_end(&mut out).await.ok()?;
-        Some(parse_response(&out))
+        admin_get_at(self.admin, path).await.ok()
     }
 
     /// Polls `path` on the admin endpoint until `done` accepts its answer; returns the body.

@@ -7,7 +7,6 @@ use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,61 +16,11 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::common::{Relay, Standin, SERVER_NAME};
+use crate::common::{Blackhole, Relay, Standin, SERVER_NAME};
 use crate::schedule::{Fault, Kind};
 use crate::traffic::client::empty;
 use crate::traffic::record::Ctx;
 use crate::{B, SHUTDOWN_WAIT};
-
-/// A kernel blackhole of one TCP address: DROP in INPUT (loopback packets pass INPUT both
-/// ways), in a chain named after this process so that bench/soak can remove leftovers.
-pub(crate) struct Blackhole {
-    pub(crate) chain: String,
-}
-
-pub(crate) fn iptables(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("iptables")
-        .args(["-w", "5"])
-        .args(args)
-        .output()
-        .map_err(|e| format!("iptables: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "iptables {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-impl Blackhole {
-    pub(crate) fn new(target: SocketAddr, n: usize) -> Result<Blackhole, String> {
-        let chain = format!("APILB-SOAK-{}-{n}", std::process::id());
-        iptables(&["-N", &chain])?;
-        let bh = Blackhole { chain };
-        let (ip, port) = (target.ip().to_string(), target.port().to_string());
-        let c = bh.chain.as_str();
-        iptables(&[
-            "-A", c, "-p", "tcp", "-d", &ip, "--dport", &port, "-j", "DROP",
-        ])?;
-        iptables(&[
-            "-A", c, "-p", "tcp", "-s", &ip, "--sport", &port, "-j", "DROP",
-        ])?;
-        iptables(&["-I", "INPUT", "-j", c])?;
-        Ok(bh)
-    }
-}
-
-impl Drop for Blackhole {
-    fn drop(&mut self) {
-        let c = self.chain.as_str();
-        let _ = iptables(&["-D", "INPUT", "-j", c]);
-        let _ = iptables(&["-F", c]);
-        let _ = iptables(&["-X", c]);
-    }
-}
 
 pub(crate) struct Servers {
     pub(crate) standins: Vec<Mutex<Standin>>,
@@ -232,7 +181,13 @@ impl Servers {
                 Ok(())
             }
             Kind::Blackhole => {
-                let bh = tokio::task::block_in_place(|| Blackhole::new(self.addrs[i], n))?;
+                let bh = tokio::task::block_in_place(|| {
+                    // Named after this process, so that bench/soak can remove leftovers.
+                    Blackhole::in_chain(
+                        self.addrs[i],
+                        format!("APILB-SOAK-{}-{n}", std::process::id()),
+                    )
+                })?;
                 self.holes.lock().unwrap().insert(i, bh);
                 Ok(())
             }

@@ -62,12 +62,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::analyse::{analyse, Analysis};
 use crate::apilb_log::read_apilb_log;
-use crate::faults::{iptables, run_faults, Servers};
+use crate::faults::{run_faults, Servers};
 use crate::resources::{admin_get, admin_status, alive, counters, sample, wait_ready, Sample};
 use crate::schedule::{schedule, Fault, Kind};
 use crate::traffic::record::{Ctx, Recorder};
 use crate::traffic::workers::{idle, keepalive, new_connections, slow, transfers, watcher};
-use common::{Apilb, Pki, Relay, Standin};
+use common::{iptables, Apilb, Pki, Relay, Standin};
 
 /// A stream on a dead server must be closed within this (the design's failover target).
 const FAILOVER_TARGET: f64 = 3.0;

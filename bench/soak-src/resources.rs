@@ -5,9 +5,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::net::TcpStream;
 
-use crate::common::Apilb;
+use crate::common::{admin_get_at, Apilb};
 use crate::traffic::record::Ctx;
 
 #[derive(Clone, Copy)]
@@ -42,24 +41,14 @@ pub(crate) fn alive(pid: i32) -> bool {
         .is_some_and(|state| state != 'Z' && state != 'X')
 }
 
+/// GET `path` on apilb's admin endpoint: the body of a 200 answer, None otherwise (or after
+/// 2 s).
 pub(crate) async fn admin_get(lb: &Apilb, path: &str) -> Option<String> {
-    let work = async {
-        let mut s = TcpStream::connect(lb.admin).await.ok()?;
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
+    let (code, body) = tokio::time::timeout(Duration::from_secs(2), admin_get_at(lb.admin, path))
         .await
+        .ok()?
         .ok()?;
-        let mut out = Vec::new();
-        s.read_to_end(&mut out).await.ok()?;
-        let (code, body) = crate::common::parse_response(&out);
-        (code == 200).then_some(body)
-    };
-    tokio::time::timeout(Duration::from_secs(2), work)
-        .await
-        .ok()
-        .flatten()
+    (code == 200).then_some(body)
 }
 
 pub(crate) async fn admin_status(lb: &Apilb) -> Option<Value> {

@@ -1,0 +1,257 @@
+//! The `apilb run` process under test: started on free loopback ports with JSON debug logs,
+//! whose log lines are kept as events the tests wait on; its admin endpoint read for
+//! `/status` and `/metrics`; signalled and waited for. Killed on drop unless it was reaped.
+//! Owns the process and its admin endpoint only; traffic through it is `client`'s.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::{free_port, parse_response, Pki, Standin};
+
+pub const APILB: &str = env!("CARGO_BIN_EXE_apilb");
+
+#[derive(Default)]
+struct Lines {
+    lines: Mutex<Vec<Value>>,
+    cv: Condvar,
+}
+
+pub struct Apilb {
+    child: Child,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    logs: Arc<Lines>,
+    pub config: Option<PathBuf>,
+    _dir: Option<tempfile::TempDir>,
+    reaped: bool,
+}
+
+impl Apilb {
+    /// Starts `apilb run` with JSON debug logs on a free loopback port, in front of `servers`.
+    pub fn start(pki: &Pki, servers: &[&Standin], extra: &[&str]) -> Apilb {
+        let mut args: Vec<String> = Vec::new();
+        for s in servers {
+            args.push("--server".into());
+            args.push(s.addr.to_string());
+        }
+        args.push("--ca-file".into());
+        args.push(pki.ca.display().to_string());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::start_args(args, None)
+    }
+
+    pub fn start_args(mut args: Vec<String>, config: Option<PathBuf>) -> Apilb {
+        let listen = free_port([127, 0, 0, 1]);
+        let admin = free_port([127, 0, 0, 1]);
+        let mut full: Vec<String> = vec![
+            "run".into(),
+            "--listen".into(),
+            listen.to_string(),
+            "--admin-listen".into(),
+            admin.to_string(),
+            "--log-format".into(),
+            "json".into(),
+        ];
+        if !args.iter().any(|a| a == "--log-level") {
+            full.push("--log-level".into());
+            full.push("debug".into());
+        }
+        full.append(&mut args);
+        let mut child = Command::new(APILB)
+            .args(&full)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let logs = Arc::new(Lines::default());
+        let stderr = child.stderr.take().unwrap();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var_os("APILB_TEST_LOG").is_some() {
+                    eprintln!("apilb: {line}");
+                }
+                let v = serde_json::from_str(&line).unwrap_or(Value::String(line));
+                sink.lines.lock().unwrap().push(v);
+                sink.cv.notify_all();
+            }
+        });
+        let a = Apilb {
+            child,
+            listen,
+            admin,
+            logs,
+            config,
+            _dir: None,
+            reaped: false,
+        };
+        a.wait_log(Duration::from_secs(10), |v| v["message"] == "apilb started");
+        a
+    }
+
+    pub fn keep_dir(&mut self, d: tempfile::TempDir) {
+        self._dir = Some(d);
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Index of the next log line: pass it to `wait_log_from` to see only later lines.
+    pub fn mark(&self) -> usize {
+        self.logs.lines.lock().unwrap().len()
+    }
+
+    pub fn wait_log(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        self.wait_log_from(0, timeout, pred)
+    }
+
+    /// Waits for a log line (at index ≥ `from`) matching `pred`; panics after `timeout`.
+    pub fn wait_log_from(
+        &self,
+        from: usize,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        let mut lines = self.logs.lines.lock().unwrap();
+        let mut seen = from;
+        loop {
+            if let Some(v) = lines[seen.min(lines.len())..].iter().find(|v| pred(v)) {
+                return v.clone();
+            }
+            seen = lines.len();
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no matching apilb log line within {timeout:?}; log:\n{}",
+                lines
+                    .iter()
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            lines = self.logs.cv.wait_timeout(lines, left).unwrap().0;
+        }
+    }
+
+    pub fn logs(&self) -> Vec<Value> {
+        self.logs.lines.lock().unwrap().clone()
+    }
+
+    /// Waits for `server` to enter `state` (a log event at index ≥ `from`).
+    pub fn wait_state(&self, from: usize, server: SocketAddr, state: &str, timeout: Duration) {
+        let name = server.to_string();
+        self.wait_log_from(from, timeout, |v| {
+            v["message"] == "server state changed" && v["server"] == name && v["to"] == state
+        });
+    }
+
+    pub fn wait_all_ready(&self, servers: &[&Standin]) {
+        for s in servers {
+            self.wait_state(0, s.addr, "ready", Duration::from_secs(10));
+        }
+    }
+
+    pub fn signal(&self, sig: i32) {
+        assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0);
+    }
+
+    /// Waits for the process to exit (a thread blocks in waitpid); returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let pid = self.pid();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut status = 0;
+            let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+            let _ = tx.send((r, status));
+        });
+        let (r, status) = rx.recv_timeout(timeout).expect("apilb did not exit");
+        assert_eq!(r, pid);
+        self.reaped = true;
+        libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status))
+    }
+
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        admin_get_at(self.admin, path).await.unwrap()
+    }
+
+    pub async fn status(&self) -> Value {
+        let (code, body) = self.admin_get("/status").await;
+        assert_eq!(code, 200);
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// `server`'s state in `/status`.
+    pub async fn state_of(&self, server: SocketAddr) -> String {
+        let st = self.status().await;
+        let name = server.to_string();
+        st["servers"]
+            .as_array()
+            .and_then(|a| a.iter().find(|v| v["server"] == name.as_str()))
+            .and_then(|v| v["state"].as_str())
+            .unwrap_or("absent")
+            .to_string()
+    }
+
+    /// Waits until `/status` shows `server` in `state` (polled every 10 ms: the state, not a
+    /// log line, is what is asserted). Panics after `timeout`.
+    pub async fn wait_status(&self, server: SocketAddr, state: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let now = self.state_of(server).await;
+            if now == state {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{server} is {now}, not {state}, after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The value of a counter or gauge in `/metrics`: the sum of the samples of `name` whose
+    /// labels contain every one of `labels` (`key="value"`).
+    pub async fn metric(&self, name: &str, labels: &[&str]) -> f64 {
+        let (_, text) = self.admin_get("/metrics").await;
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (series, value) = l.rsplit_once(' ')?;
+                let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+                (n == name && labels.iter().all(|x| rest.contains(x)))
+                    .then(|| value.parse::<f64>().ok())?
+            })
+            .sum()
+    }
+}
+
+/// One GET on the admin endpoint at `admin`: the status and body of the answer.
+pub async fn admin_get_at(admin: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(admin).await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await?;
+    Ok(parse_response(&out))
+}
+
+impl Drop for Apilb {
+    fn drop(&mut self) {
+        if self.reaped {
+            return;
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
