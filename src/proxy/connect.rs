@@ -458,3 +458,121 @@ pub async fn establish(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Connect racing and first-byte racing against loopback servers of the test's own.
+    use super::*;
+    use crate::server::{ServerSpec, State};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    fn settings() -> RaceSettings {
+        RaceSettings {
+            connect_timeout: Duration::from_secs(2),
+            race_delay: Duration::from_millis(200),
+            first_byte_timeout: Duration::from_millis(100),
+            replay_limit: 16 * 1024,
+            client_hello_timeout: None,
+        }
+    }
+
+    fn backend(port: u16, metrics: &Arc<Metrics>) -> Arc<Backend> {
+        let spec = ServerSpec::parse(&format!("127.0.0.1:{port}")).unwrap();
+        Arc::new(Backend::new(
+            spec,
+            &CancellationToken::new(),
+            metrics.clone(),
+            State::Ready,
+        ))
+    }
+
+    /// The apilb side of a client connection.
+    async fn client_side() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (ours, _) = l.accept().await.unwrap();
+        (client, ours)
+    }
+
+    /// A server that reads `expect` bytes, hands them over, then answers `answer` (or, with
+    /// `None`, never answers).
+    async fn server(
+        expect: usize,
+        answer: Option<&'static [u8]>,
+    ) -> (u16, tokio::sync::oneshot::Receiver<Vec<u8>>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut got = vec![0u8; expect];
+            s.read_exact(&mut got).await.unwrap();
+            let _ = tx.send(got);
+            match answer {
+                Some(a) => s.write_all(a).await.unwrap(),
+                None => std::future::pending::<()>().await,
+            }
+            std::future::pending::<()>().await;
+        });
+        (port, rx)
+    }
+
+    /// A port with nothing listening: connects are refused at once.
+    async fn refusing_port() -> u16 {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap().port()
+    }
+
+    #[tokio::test]
+    async fn a_refused_server_is_passed_over_and_marked() {
+        let m = Arc::new(Metrics::new());
+        let refused = backend(refusing_port().await, &m);
+        let (port, got) = server(4, Some(b"pong")).await;
+        let good = backend(port, &m);
+        let (_client, ours) = client_side().await;
+        let e = establish(
+            &ours,
+            b"ping".to_vec(),
+            false,
+            vec![refused.clone(), good.clone()],
+            settings(),
+            &m,
+        )
+        .await
+        .expect("the second server answers");
+        assert!(Arc::ptr_eq(e.upstream.backend(), &good));
+        assert_eq!(e.first_bytes, b"pong");
+        assert_eq!(got.await.unwrap(), b"ping");
+        assert!(refused.passive_failed(), "the refusing server is marked");
+        assert!(!good.passive_failed());
+    }
+
+    #[tokio::test]
+    async fn a_silent_first_server_loses_the_first_byte_race() {
+        let m = Arc::new(Metrics::new());
+        let hello = b"\x16\x03\x01 a complete hello".to_vec();
+        let (silent_port, silent_got) = server(hello.len(), None).await;
+        let (port, replayed) = server(hello.len(), Some(b"\x16\x03\x03 answer")).await;
+        let silent = backend(silent_port, &m);
+        let good = backend(port, &m);
+        let (_client, ours) = client_side().await;
+        let e = establish(
+            &ours,
+            hello.clone(),
+            true,
+            vec![silent.clone(), good.clone()],
+            settings(),
+            &m,
+        )
+        .await
+        .expect("the second server answers");
+        assert!(Arc::ptr_eq(e.upstream.backend(), &good));
+        assert_eq!(e.first_bytes, b"\x16\x03\x03 answer");
+        // Both servers got the hello: the first as sent, the second as replayed.
+        assert_eq!(silent_got.await.unwrap(), hello);
+        assert_eq!(replayed.await.unwrap(), hello);
+        assert!(silent.passive_failed(), "the silent server is marked");
+        assert_eq!(m.replayed.get(), 1);
+    }
+}
