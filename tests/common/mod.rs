@@ -1,14 +1,16 @@
 //! Test harness, one job per file: the PKI made at test time (`pki`), stand-in apiservers
 //! (`standin`), the `apilb run` process whose JSON log lines are events the tests wait on
 //! (`apilb`), small TLS clients (`client`), traffic held in flight (`streams`), kernel
-//! blackholes (`blackhole`) and delaying relays (`relay`). Everything a test starts or
-//! creates is stopped or removed on drop. Test files `use common::*;`: everything is
-//! re-exported here.
+//! blackholes (`blackhole`), delaying relays (`relay`) and the run-every-suggested-fix check
+//! (`fixes`). Everything a test starts or creates is stopped or removed on drop. Test files
+//! `use common::*;`: everything is re-exported here but `fixes`, which only the
+//! `suggested_fixes*` tests use, as `common::fixes::*`.
 #![allow(dead_code)]
 
 mod apilb;
 mod blackhole;
 mod client;
+pub mod fixes;
 mod pki;
 mod relay;
 mod standin;
