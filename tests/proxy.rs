@@ -253,6 +253,8 @@ async fn out_of_descriptors_backs_off_keeps_serving_and_recovers() {
     let s = Standin::start(&pki, [127, 0, 0, 2], "cp1");
     let lb = Apilb::start(&pki, &[&s], &[]);
     lb.wait_all_ready(&[&s]);
+    // Waiting asked the admin endpoint: its last connection is not to be counted.
+    lb.wait_admin_idle(Duration::from_secs(5));
     // Leave apilb exactly four free descriptors: two proxied connections' worth.
     let open = std::fs::read_dir(format!("/proc/{}/fd", lb.pid()))
         .unwrap()

@@ -210,6 +210,32 @@ impl Apilb {
         }
     }
 
+    /// Waits until no connection to the admin endpoint is open in the kernel with a
+    /// descriptor behind it (`/proc/net/tcp`: the admin port, not listening, inode not 0):
+    /// for a test that counts apilb's descriptors right after asking it something (the
+    /// answered connection's descriptor is closed a moment after its last byte).
+    pub fn wait_admin_idle(&self, timeout: Duration) {
+        let port = format!(":{:04X}", self.admin.port());
+        let deadline = Instant::now() + timeout;
+        loop {
+            let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+            let open = tcp
+                .lines()
+                .skip(1)
+                .map(|l| l.split_whitespace().collect::<Vec<_>>())
+                .filter(|f| f.len() > 9 && f[1].ends_with(&port) && f[3] != "0A" && f[9] != "0")
+                .count();
+            if open == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{open} admin connections still open after {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     pub fn wait_all_ready(&self, servers: &[&Standin]) {
         for s in servers {
             self.wait_state(&Mark::START, s.addr, "ready", Duration::from_secs(10));
