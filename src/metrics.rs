@@ -71,6 +71,12 @@ pub struct ServerState {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerTransition {
+    pub server: String,
+    pub to: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DiscoveryResult {
     pub result: &'static str,
 }
@@ -146,6 +152,7 @@ pub enum Listener {
 pub struct Metrics {
     pub registry: Registry,
     pub server_state: Family<ServerState, Gauge>,
+    pub state_transitions: Family<ServerTransition, Counter>,
     pub active: Family<ServerLabel, Gauge>,
     pub connect_attempts: Family<ServerResult, Counter>,
     pub connect_seconds: Family<ServerLabel, Histogram, fn() -> Histogram>,
@@ -223,6 +230,7 @@ impl Metrics {
         );
         let m = Metrics {
             server_state: Family::default(),
+            state_transitions: Family::default(),
             active: Family::default(),
             connect_attempts: Family::default(),
             connect_seconds: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
@@ -273,6 +281,12 @@ impl Metrics {
             "health_check_duration_seconds",
             "Latency of health checks (HTTP/2 PING round trip, GET /readyz)",
             m.check_seconds.clone(),
+        );
+        registry.register(
+            "server_state_transitions",
+            "Changes of a server's state, by server and the state entered (ready, not_ready, \
+             draining, down, unknown); counts a change even if it lasted less than a scrape",
+            m.state_transitions.clone(),
         );
         registry.register(
             "failover_closed_connections",
@@ -436,6 +450,16 @@ impl Metrics {
         }
     }
 
+    /// Counts a change of `server`'s state into `to`.
+    pub fn state_transition(&self, server: &str, to: &'static str) {
+        self.state_transitions
+            .get_or_create(&ServerTransition {
+                server: server.to_string(),
+                to,
+            })
+            .inc();
+    }
+
     /// Drops every series of a server that left the set.
     pub fn remove_server(&self, server: &str) {
         let s = || server.to_string();
@@ -471,6 +495,10 @@ impl Metrics {
             self.server_state.remove(&ServerState {
                 server: s(),
                 state: st.as_str(),
+            });
+            self.state_transitions.remove(&ServerTransition {
+                server: s(),
+                to: st.as_str(),
             });
         }
     }

@@ -71,7 +71,7 @@ async fn admin_endpoints_and_status_command() {
     let mark = lb.mark();
     drop(s1);
     s2.kill();
-    lb.wait_state(mark, s2.addr, "draining", Duration::from_secs(10));
+    lb.wait_state(&mark, s2.addr, "draining", Duration::from_secs(10));
     let st = lb.status().await;
     assert_eq!(st["ready"], false);
     assert_eq!(lb.admin_get("/readyz").await.0, 503);
@@ -126,7 +126,7 @@ async fn admin_out_of_descriptors_backs_off_logs_once_and_recovers() {
         },
         0
     );
-    let mark = lb.mark();
+    let mark = lb.log_mark();
     // The kernel completes this client's handshake; apilb cannot accept it yet.
     let admin = lb.admin;
     let waiting = tokio::spawn(async move {
@@ -138,14 +138,14 @@ async fn admin_out_of_descriptors_backs_off_logs_once_and_recovers() {
         let _ = c.read_to_end(&mut out).await;
         parse_response(&out).0
     });
-    let hit = lb.wait_log_from(mark, Duration::from_secs(10), |v| {
+    let hit = lb.wait_log_from(&mark, Duration::from_secs(10), |v| {
         v["message"] == "admin accept failed"
     });
     assert!(hit.to_string().contains("Too many open files"), "{hit}");
     // An observation window (what is asserted is an absence): retries go on meanwhile,
     // at most one line is logged.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let lines = lb.logs()[mark..]
+    let lines = lb.logs()[mark.log_index()..]
         .iter()
         .filter(|v| v["message"] == "admin accept failed")
         .count();

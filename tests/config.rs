@@ -242,7 +242,7 @@ async fn a_reload_names_the_keys_that_need_a_restart() {
     assert_eq!(st["config"]["workers"], 2);
     assert_eq!(st["config"]["health-fall"], 3);
     assert_eq!(servers_in_effect(&st).len(), 2);
-    let line = lb.wait_log_from(mark, Duration::from_secs(5), |v| {
+    let line = lb.wait_log_from(&mark, Duration::from_secs(5), |v| {
         v["message"]
             .as_str()
             .is_some_and(|m| m.starts_with("changed settings not applied"))

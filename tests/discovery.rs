@@ -176,7 +176,7 @@ async fn follows_added_and_removed_control_planes() {
     let ev = lb.wait_log(Duration::from_secs(10), changed);
     assert_eq!(ev["api"], "EndpointSlice");
     // Added: takes traffic once its checks pass.
-    lb.wait_state(0, cp2.addr, "ready", Duration::from_secs(10));
+    lb.wait_state(&Mark::START, cp2.addr, "ready", Duration::from_secs(10));
     let (ok, failed) = many_whoami(lb.listen, &c.pki, 30).await;
     assert!(failed.is_empty(), "{failed:?}");
     assert!(ok.iter().any(|n| n == "cp2"), "{ok:?}");
@@ -195,25 +195,25 @@ async fn follows_added_and_removed_control_planes() {
     // A server listed but not (yet) answering never gets a client: it starts not ready.
     let mark = lb.mark();
     c.publish(&[0, 1, 2]);
-    lb.wait_log_from(mark, Duration::from_secs(10), changed);
+    lb.wait_log_from(&mark, Duration::from_secs(10), changed);
     let (ok, failed) = many_whoami(lb.listen, &c.pki, 20).await;
     assert!(
         failed.is_empty(),
         "a not-yet-checked server got traffic: {failed:?}"
     );
     assert_eq!(ok.len(), 20);
-    lb.wait_state(mark, c.addr(2), "draining", Duration::from_secs(10));
+    lb.wait_state(&mark, c.addr(2), "draining", Duration::from_secs(10));
 
     // Removed: no new connections, its open stream stays (drain), until the server goes.
     let mut ws = watches_on(lb.listen, &c.pki, &["cp1"]).await;
     let mark = lb.mark();
     c.publish(&[1]);
-    let ev = lb.wait_log_from(mark, Duration::from_secs(10), changed);
+    let ev = lb.wait_log_from(&mark, Duration::from_secs(10), changed);
     assert!(
         ev["removed"].to_string().contains(&cp1.addr.to_string()),
         "{ev}"
     );
-    lb.wait_log_from(mark, Duration::from_secs(5), |v| {
+    lb.wait_log_from(&mark, Duration::from_secs(5), |v| {
         v["message"] == "server left the set: draining" && v["server"] == cp1.addr.to_string()
     });
     let (ok, failed) = many_whoami(lb.listen, &c.pki, 20).await;
@@ -228,7 +228,7 @@ async fn follows_added_and_removed_control_planes() {
     drop(cp1); // the drained server goes away: its stream ends…
     ws[0].closed_within(Duration::from_secs(10)).await;
     drop(ws); // …the client closes its side too, and the server is retired
-    lb.wait_log_from(mark, Duration::from_secs(10), |v| {
+    lb.wait_log_from(&mark, Duration::from_secs(10), |v| {
         v["message"] == "server removed from the set" && v["server"] == c.addr(0).to_string()
     });
     let (_, metrics) = lb.admin_get("/metrics").await;
@@ -257,7 +257,7 @@ async fn empty_garbage_and_failed_answers_change_nothing() {
     ] {
         let mark = lb.mark();
         c.write("endpointslice.json", body);
-        let ev = lb.wait_log_from(mark, Duration::from_secs(10), |v| {
+        let ev = lb.wait_log_from(&mark, Duration::from_secs(10), |v| {
             v["message"].as_str().is_some_and(|m| m.starts_with("discovery failed"))
         });
         assert!(ev["error"].as_str().unwrap().contains(want), "{ev}");
@@ -293,7 +293,7 @@ async fn endpoints_fallback_and_forbidden_logged_once() {
     // Both forbidden: one clear line with the fix, the list kept.
     let mark = lb.mark();
     c.write("endpoints.json", "403");
-    let ev = lb.wait_log_from(mark, Duration::from_secs(10), |v| {
+    let ev = lb.wait_log_from(&mark, Duration::from_secs(10), |v| {
         v["message"]
             .as_str()
             .is_some_and(|m| m.contains("discovery-rbac.yaml"))
@@ -345,7 +345,7 @@ async fn state_file_carries_the_set_across_a_restart_without_seeds() {
         v["message"] == "loaded the last discovered servers"
     });
     assert!(ev["servers"].to_string().contains(&cp2.addr.to_string()));
-    lb.wait_state(0, cp1.addr, "ready", Duration::from_secs(10));
+    lb.wait_state(&Mark::START, cp1.addr, "ready", Duration::from_secs(10));
     let (ok, failed) = many_whoami(lb.listen, &c.pki, 10).await;
     assert!(failed.is_empty(), "{failed:?}");
     assert_eq!(ok.len(), 10);
@@ -367,7 +367,7 @@ async fn corrupt_state_file_is_a_warning_not_a_crash() {
             .is_some_and(|m| m.starts_with("corrupt state file ignored"))
     });
     assert_eq!(ev["level"], "WARN");
-    lb.wait_state(0, cp1.addr, "ready", Duration::from_secs(10));
+    lb.wait_state(&Mark::START, cp1.addr, "ready", Duration::from_secs(10));
     let st = sources(&lb).await;
     assert_eq!(st, vec![(cp1.addr.to_string(), "seed".to_string(), false)]);
 }
@@ -403,11 +403,11 @@ async fn rotated_client_certificate_is_used_by_the_next_request() {
     let (new_cert, new_key) = c.pki.issue_client("system:node:test-node");
     write_pair(c.api.path(), &new_cert, &new_key);
     let mark = lb.mark();
-    lb.wait_log_from(mark, Duration::from_secs(10), |v| {
+    lb.wait_log_from(&mark, Duration::from_secs(10), |v| {
         v["message"] == "discovery round done"
     });
     let at = lb.mark();
-    lb.wait_log_from(at, Duration::from_secs(10), |v| {
+    lb.wait_log_from(&at, Duration::from_secs(10), |v| {
         v["message"] == "discovery round done"
     });
     assert_eq!(last(&cp1).await, cert_fp(&new_cert));
@@ -512,7 +512,7 @@ async fn logs_never_contain_tokens_or_keys() {
         &b64(&key_pem.replace("PRIVATE KEY", "BROKEN KEY")),
     );
     std::fs::write(&kc, broken).unwrap();
-    lb.wait_log_from(mark, Duration::from_secs(10), |v| {
+    lb.wait_log_from(&mark, Duration::from_secs(10), |v| {
         v["message"]
             .as_str()
             .is_some_and(|m| m.starts_with("discovery failed"))

@@ -69,7 +69,7 @@ async fn killed_server_no_client_visible_failures() {
     assert!(ok.iter().all(|n| n != "cp2"));
     // Its kernel reset the health connection and refuses new ones: the server said it is
     // gone (draining), and its kernel already ended the client streams.
-    lb.wait_state(mark, s[1].addr, "draining", Duration::from_secs(10));
+    lb.wait_state(&mark, s[1].addr, "draining", Duration::from_secs(10));
     ws[1].closed_within(Duration::from_secs(10)).await;
     ws[0].still_flowing().await;
 }
@@ -95,7 +95,7 @@ async fn blackholed_server_streams_closed_new_connections_succeed() {
         "stream on the blackholed server closed {:?} after the blackhole",
         start.elapsed()
     );
-    lb.wait_state(mark, s[1].addr, "down", Duration::from_secs(1));
+    lb.wait_state(&mark, s[1].addr, "down", Duration::from_secs(1));
     // … and streams on the other servers are untouched.
     ws[0].still_flowing().await;
     ws[2].still_flowing().await;
@@ -113,7 +113,7 @@ async fn blackhole_before_health_notices_is_saved_by_connect_racing() {
     assert!(failed.is_empty(), "client-visible failures: {failed:?}");
     assert!(ok.iter().all(|n| n != "cp2"));
     // It was tried (and raced away from) at least once, then kept away.
-    let marked = lb.wait_log_from(mark, Duration::from_secs(5), |v| {
+    let marked = lb.wait_log_from(&mark, Duration::from_secs(5), |v| {
         v["message"]
             .as_str()
             .is_some_and(|m| m.starts_with("connect failed"))
@@ -170,11 +170,11 @@ async fn frozen_server_marked_down_and_its_streams_closed() {
         "stream on the frozen server closed {:?} after the freeze",
         start.elapsed()
     );
-    lb.wait_state(mark, s[1].addr, "down", Duration::from_secs(1));
+    lb.wait_state(&mark, s[1].addr, "down", Duration::from_secs(1));
     ws[0].still_flowing().await;
     s[1].thaw();
     // Recovery: it comes back and takes new connections again.
-    lb.wait_state(mark, s[1].addr, "ready", Duration::from_secs(15));
+    lb.wait_state(&mark, s[1].addr, "ready", Duration::from_secs(15));
     let (ok, failed) = many_whoami(lb.listen, &pki, 30).await;
     assert!(failed.is_empty());
     assert!(
@@ -196,7 +196,7 @@ async fn not_ready_server_gets_no_new_connections_but_keeps_its_streams() {
     let mut ws = watches_on(lb.listen, &pki, &["cp2"]).await;
     let mark = lb.mark();
     s[1].set_readyz(&pki, 500).await;
-    lb.wait_state(mark, s[1].addr, "not_ready", Duration::from_secs(15));
+    lb.wait_state(&mark, s[1].addr, "not_ready", Duration::from_secs(15));
     let (ok, failed) = many_whoami(lb.listen, &pki, 30).await;
     assert!(failed.is_empty());
     assert!(ok.iter().all(|n| n != "cp2"), "not-ready server got {ok:?}");
@@ -206,7 +206,7 @@ async fn not_ready_server_gets_no_new_connections_but_keeps_its_streams() {
 
     let mark = lb.mark();
     s[1].set_readyz(&pki, 200).await;
-    lb.wait_state(mark, s[1].addr, "ready", Duration::from_secs(15));
+    lb.wait_state(&mark, s[1].addr, "ready", Duration::from_secs(15));
     let (ok, _) = many_whoami(lb.listen, &pki, 30).await;
     assert!(
         ok.iter().any(|n| n == "cp2"),
@@ -232,11 +232,11 @@ async fn readyz_401_counts_as_reachable_with_one_warning() {
     let mark = lb.mark();
     for _ in 0..3 {
         let at = lb.mark();
-        lb.wait_log_from(at, Duration::from_secs(5), |v| {
+        lb.wait_log_from(&at, Duration::from_secs(5), |v| {
             v["message"] == "/readyz answered"
         });
     }
-    assert!(lb.mark() > mark);
+    assert!(lb.log_mark().log_index() > mark.log_index());
     let (ok, _) = many_whoami(lb.listen, &pki, 3).await;
     assert_eq!(ok.len(), 3);
     let warnings = lb
@@ -268,7 +268,7 @@ async fn all_down_fails_fast_then_recovers() {
         "expected a quick failure, got {r:?}"
     );
     for x in &s {
-        lb.wait_state(mark, x.addr, "draining", Duration::from_secs(10));
+        lb.wait_state(&mark, x.addr, "draining", Duration::from_secs(10));
     }
     let (code, _) = lb.admin_get("/readyz").await;
     assert_eq!(code, 503);
@@ -279,12 +279,12 @@ async fn all_down_fails_fast_then_recovers() {
         .expect("no answer")
         .expect("failed after a server came back");
     assert_eq!(name, "cp3");
-    lb.wait_log_from(mark, Duration::from_secs(5), |v| {
+    lb.wait_log_from(&mark, Duration::from_secs(5), |v| {
         v["message"]
             .as_str()
             .is_some_and(|m| m.contains("panic mode"))
     });
-    lb.wait_state(mark, s[2].addr, "ready", Duration::from_secs(15));
+    lb.wait_state(&mark, s[2].addr, "ready", Duration::from_secs(15));
     let (code, _) = lb.admin_get("/readyz").await;
     assert_eq!(code, 200);
 }
@@ -301,11 +301,11 @@ async fn http1_only_server_is_checked_with_keepalive_readyz() {
     assert_eq!(st["servers"][0]["protocol"], "http/1.1");
     let mark = lb.mark();
     s.set_readyz(&pki, 500).await;
-    lb.wait_state(mark, s.addr, "not_ready", Duration::from_secs(10));
+    lb.wait_state(&mark, s.addr, "not_ready", Duration::from_secs(10));
     // Over HTTP/1.1 the readiness request is the liveness probe too.
     let mark = lb.mark();
     s.freeze();
-    lb.wait_state(mark, s.addr, "down", Duration::from_secs(15));
+    lb.wait_state(&mark, s.addr, "down", Duration::from_secs(15));
     s.thaw();
 }
 
@@ -331,7 +331,7 @@ async fn an_oversized_readyz_head_is_reported_as_oversized() {
     .await
     .unwrap();
     assert_eq!(code, 200);
-    lb.wait_state(mark, s.addr, "not_ready", Duration::from_secs(10));
+    lb.wait_state(&mark, s.addr, "not_ready", Duration::from_secs(10));
     let failures = |cause: &'static str| {
         let lb = &lb;
         async move {

@@ -258,7 +258,7 @@ async fn a_flood_with_no_server_reachable_logs_a_bounded_number_of_lines() {
     let start = Instant::now();
     let reported = loop {
         let lines = lb.logs();
-        if let Some(v) = lines[mark..]
+        if let Some(v) = lines[mark.log_index()..]
             .iter()
             .find(|v| v["suppressed"].as_u64().is_some_and(|n| n > 0))
         {
@@ -285,7 +285,7 @@ async fn a_flood_with_no_server_reachable_logs_a_bounded_number_of_lines() {
     // Lines about clients (warnings and errors): few, and with what they held back they
     // account for every rejection so far but the ones still held back.
     let lines = lb.logs();
-    let loud: Vec<_> = lines[mark..]
+    let loud: Vec<_> = lines[mark.log_index()..]
         .iter()
         .filter(|v| v["level"] == "WARN" || v["level"] == "ERROR")
         .filter(|v| v.get("client").is_some())

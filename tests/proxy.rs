@@ -112,7 +112,7 @@ async fn sighup_and_file_change_reload_the_server_list() {
     let mark = lb.mark();
     write(&[&s1, &s3]);
     lb.signal(libc::SIGHUP);
-    lb.wait_log_from(mark, Duration::from_secs(10), |v| {
+    lb.wait_log_from(&mark, Duration::from_secs(10), |v| {
         v["message"]
             .as_str()
             .is_some_and(|m| m.starts_with("reloaded"))
@@ -120,7 +120,7 @@ async fn sighup_and_file_change_reload_the_server_list() {
     });
     ws[1].closed_within(Duration::from_secs(10)).await;
     ws[0].still_flowing().await;
-    lb.wait_state(mark, s3.addr, "ready", Duration::from_secs(10));
+    lb.wait_state(&mark, s3.addr, "ready", Duration::from_secs(10));
     let (ok, failed) = many_whoami(lb.listen, &pki, 20).await;
     assert!(failed.is_empty());
     assert!(ok.iter().all(|n| n != "cp2"));
@@ -129,7 +129,7 @@ async fn sighup_and_file_change_reload_the_server_list() {
     // A change of the file alone (no signal) is picked up too.
     let mark = lb.mark();
     write(&[&s1, &s2, &s3]);
-    lb.wait_log_from(mark, Duration::from_secs(10), |v| {
+    lb.wait_log_from(&mark, Duration::from_secs(10), |v| {
         v["message"]
             .as_str()
             .is_some_and(|m| m.starts_with("reloaded"))
@@ -139,7 +139,7 @@ async fn sighup_and_file_change_reload_the_server_list() {
     let mark = lb.mark();
     std::fs::write(&cfg, "server: [\n").unwrap();
     lb.signal(libc::SIGHUP);
-    lb.wait_log_from(mark, Duration::from_secs(10), |v| {
+    lb.wait_log_from(&mark, Duration::from_secs(10), |v| {
         v["message"]
             .as_str()
             .is_some_and(|m| m.starts_with("reload failed"))
@@ -158,13 +158,13 @@ async fn sigterm_drains_then_closes() {
     let mut w = Watch::open(lb.listen, &pki).await;
     let mark = lb.mark();
     lb.signal(libc::SIGTERM);
-    lb.wait_log_from(mark, Duration::from_secs(5), |v| {
+    lb.wait_log_from(&mark, Duration::from_secs(5), |v| {
         v["message"]
             .as_str()
             .is_some_and(|m| m.starts_with("stopping"))
     });
     // New connections are refused once the listener is gone …
-    lb.wait_log_from(mark, Duration::from_secs(5), |v| {
+    lb.wait_log_from(&mark, Duration::from_secs(5), |v| {
         v["message"]
             .as_str()
             .is_some_and(|m| m.starts_with("drain grace over"))
@@ -192,23 +192,25 @@ async fn connection_limit_closes_the_excess_and_counts_it() {
         metrics.contains("apilb_connections_rejected_total{reason=\"connection_limit\"} 1"),
         "{metrics}"
     );
-    let mark = lb.mark();
     drop(_a);
-    // Room again once apilb has seen that connection end.
-    lb.wait_log_from(mark, Duration::from_secs(5), |v| {
-        v["message"].as_str().is_some_and(|m| {
-            m.starts_with("connection closed") || m.starts_with("connection ended")
-        })
-    });
-    // The task finishes right after its last log line: allow that instant to pass.
-    let mut served = false;
-    for _ in 0..3 {
-        if whoami(lb.listen, &pki).await.is_ok() {
-            served = true;
+    // Room again once apilb counts that connection gone: the number the limit is checked
+    // against is the one `/status` shows.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let open = lb.status().await["client_connections"].as_u64();
+        if open == Some(1) {
             break;
         }
+        assert!(
+            Instant::now() < deadline,
+            "client connections: {open:?}, not 1"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(served, "no room after a connection ended");
+    assert!(
+        whoami(lb.listen, &pki).await.is_ok(),
+        "no room after a connection ended"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,9 +240,8 @@ async fn ipv6_listener_and_host_name_servers() {
     .map(|s| s.to_string())
     .collect();
     let lb = Apilb::start_args(std::mem::take(&mut lb_args), None);
-    lb.wait_log(Duration::from_secs(10), |v| {
-        v["message"] == "server state changed" && v["server"] == server && v["to"] == "ready"
-    });
+    // Named as given: by host name.
+    lb.wait_state(&Mark::START, &server, "ready", Duration::from_secs(10));
     let st = lb.status().await;
     assert_eq!(st["servers"][0]["addresses"][0], s.addr.to_string());
     // Both listeners serve: the default-style IPv4 one and [::1].
@@ -254,6 +255,8 @@ async fn out_of_descriptors_backs_off_keeps_serving_and_recovers() {
     let s = Standin::start(&pki, [127, 0, 0, 2], "cp1");
     let lb = Apilb::start(&pki, &[&s], &[]);
     lb.wait_all_ready(&[&s]);
+    // Waiting asked the admin endpoint: its last connection is not to be counted.
+    lb.wait_admin_idle(Duration::from_secs(5));
     // Leave apilb exactly four free descriptors: two proxied connections' worth.
     let open = std::fs::read_dir(format!("/proc/{}/fd", lb.pid()))
         .unwrap()
@@ -268,7 +271,7 @@ async fn out_of_descriptors_backs_off_keeps_serving_and_recovers() {
     );
     let mut w1 = Watch::open(lb.listen, &pki).await;
     let mut w2 = Watch::open(lb.listen, &pki).await;
-    let mark = lb.mark();
+    let mark = lb.log_mark();
     // Failures start after this instant: the rate limit below is judged from here.
     let shortage_began = Instant::now();
     // A third client: the kernel completes its handshake, apilb cannot accept it yet.
@@ -277,7 +280,7 @@ async fn out_of_descriptors_backs_off_keeps_serving_and_recovers() {
     let third_task = tokio::spawn(async move { whoami(addr, &pki2).await });
     // Out of descriptors either at accept (the client waits in the backlog) or at the
     // upstream connect (the client is closed at once and counted); never a server's fault.
-    let hit = lb.wait_log_from(mark, Duration::from_secs(10), |v| {
+    let hit = lb.wait_log_from(&mark, Duration::from_secs(10), |v| {
         v["message"] == "accept failed"
             || v["message"]
                 .as_str()
@@ -308,9 +311,9 @@ async fn out_of_descriptors_backs_off_keeps_serving_and_recovers() {
         "the server was blamed for our own descriptor shortage"
     );
     // Descriptors free up: clients are served again without anyone restarting anything.
-    let mark = lb.mark();
+    let mark = lb.log_mark();
     drop(w1);
-    lb.wait_log_from(mark, Duration::from_secs(5), |v| {
+    lb.wait_log_from(&mark, Duration::from_secs(5), |v| {
         v["message"].as_str().is_some_and(|m| {
             m.starts_with("connection closed") || m.starts_with("connection ended")
         })

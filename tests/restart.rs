@@ -143,7 +143,8 @@ async fn restart_with_an_inherited_socket_refuses_no_connection() {
         assert!(status.success());
         drop(log1);
         let mut second = activated(&listener, &args);
-        let _log2 = wait_line(&mut second, "server state changed");
+        let _log2 = second.stderr.take();
+        wait_status_at(admin, s.addr, "ready", Duration::from_secs(10)).await;
         // Some more through the new process, then stop.
         let before = *count.borrow();
         count.wait_for(|c| *c >= before + 5).await.unwrap();
@@ -320,16 +321,21 @@ async fn a_second_apilb_on_the_same_address_is_refused_unless_both_share_it() {
             .unwrap(),
     );
     let _old_log = wait_line(&mut old.0, "apilb started");
+    // Both answer on the shared admin address too: the new one's own word that its server
+    // is ready is its READY=1.
+    let notify = NotifySocket::new();
     let mut new = Reap(
         Command::new(APILB)
             .args(run_args(listen, admin, &s, &pki))
             .arg("--reuse-port")
+            .env("NOTIFY_SOCKET", &notify.path)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap(),
     );
-    let _new_log = wait_line(&mut new.0, "server state changed");
+    let msg = notify.next();
+    assert!(msg.lines().any(|l| l == "READY=1"), "{msg}");
     unsafe { libc::kill(old.0.id() as i32, libc::SIGTERM) };
     assert!(old.0.wait().unwrap().success());
     assert_eq!(whoami(listen, &pki).await.unwrap(), "cp1");
@@ -386,7 +392,8 @@ async fn without_listen_the_inherited_sockets_are_served() {
     let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let admin = free_port([127, 0, 0, 1]);
     let mut child = Reap(activated_with(&[&a, &b], "$$", &base_args(admin, &s, &pki)));
-    let _log = wait_line(&mut child.0, "server state changed");
+    let _log = child.0.stderr.take();
+    wait_status_at(admin, s.addr, "ready", Duration::from_secs(10)).await;
     for l in [&a, &b] {
         let addr = l.local_addr().unwrap();
         let served = tokio::time::timeout(Duration::from_secs(10), whoami(addr, &pki))

@@ -259,6 +259,7 @@ impl Backend {
             return old;
         }
         self.registry.set_state(&self.name, new.as_str());
+        self.registry.state_transition(&self.name, new.as_str());
         let (from, to) = (old.as_str(), new.as_str());
         match new {
             State::Ready => {
@@ -704,5 +705,33 @@ mod tests {
         drop(g1);
         drop(g2);
         assert_eq!(b.active(), 0);
+    }
+
+    #[test]
+    fn state_changes_are_counted_by_the_state_entered() {
+        let metrics = Arc::new(Metrics::new());
+        let b = Backend::new(
+            spec("127.0.0.2:1"),
+            &CancellationToken::new(),
+            metrics.clone(),
+            State::Unknown,
+        );
+        let count = |to: State| {
+            metrics
+                .state_transitions
+                .get_or_create(&crate::metrics::ServerTransition {
+                    server: "127.0.0.2:1".to_string(),
+                    to: to.as_str(),
+                })
+                .get()
+        };
+        b.set_state(State::Ready, "readyz ok");
+        b.set_state(State::Ready, "readyz ok again");
+        assert_eq!(count(State::Ready), 1, "staying ready is no transition");
+        b.set_state(State::Down, "silent");
+        b.set_state(State::Ready, "back");
+        assert_eq!(count(State::Ready), 2);
+        assert_eq!(count(State::Down), 1);
+        assert_eq!(count(State::Draining), 0);
     }
 }

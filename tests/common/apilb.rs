@@ -1,6 +1,7 @@
 //! The `apilb run` process under test: started on free loopback ports with JSON debug logs,
-//! whose log lines are kept as events the tests wait on; its admin endpoint read for
-//! `/status` and `/metrics`; signalled and waited for. Killed on drop unless it was reaped.
+//! whose log lines are kept for the tests to wait on; its admin endpoint read for `/status`
+//! and `/metrics` (server states are waited on there, not in the log); signalled and waited
+//! for. Killed on drop unless it was reaped.
 //! Owns the process and its admin endpoint only; traffic through it is `client`'s.
 
 use std::io::{BufRead, BufReader};
@@ -106,25 +107,43 @@ impl Apilb {
         self.child.id() as i32
     }
 
-    /// Index of the next log line: pass it to `wait_log_from` to see only later lines.
-    pub fn mark(&self) -> usize {
-        self.logs.lines.lock().unwrap().len()
+    /// A point to wait from: the next log line's index, and the state-transition counters
+    /// (`apilb_server_state_transitions_total`) as `/metrics` shows them now.
+    pub fn mark(&self) -> Mark {
+        let log = self.logs.lines.lock().unwrap().len();
+        let transitions = metrics_blocking(self.admin).ok().map(|text| {
+            text.lines()
+                .filter(|l| l.starts_with(TRANSITIONS))
+                .collect::<Vec<_>>()
+                .join("\n")
+        });
+        Mark { log, transitions }
+    }
+
+    /// A mark for log lines only, taken without asking the admin endpoint anything (for
+    /// when a request to it would disturb the test: apilb out of descriptors). No
+    /// `wait_state` from it.
+    pub fn log_mark(&self) -> Mark {
+        Mark {
+            log: self.logs.lines.lock().unwrap().len(),
+            transitions: None,
+        }
     }
 
     pub fn wait_log(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
-        self.wait_log_from(0, timeout, pred)
+        self.wait_log_from(&Mark::START, timeout, pred)
     }
 
-    /// Waits for a log line (at index ≥ `from`) matching `pred`; panics after `timeout`.
+    /// Waits for a log line (logged after `from`) matching `pred`; panics after `timeout`.
     pub fn wait_log_from(
         &self,
-        from: usize,
+        from: &Mark,
         timeout: Duration,
         pred: impl Fn(&Value) -> bool,
     ) -> Value {
         let deadline = Instant::now() + timeout;
         let mut lines = self.logs.lines.lock().unwrap();
-        let mut seen = from;
+        let mut seen = from.log;
         loop {
             if let Some(v) = lines[seen.min(lines.len())..].iter().find(|v| pred(v)) {
                 return v.clone();
@@ -148,17 +167,78 @@ impl Apilb {
         self.logs.lines.lock().unwrap().clone()
     }
 
-    /// Waits for `server` to enter `state` (a log event at index ≥ `from`).
-    pub fn wait_state(&self, from: usize, server: SocketAddr, state: &str, timeout: Duration) {
-        let name = server.to_string();
-        self.wait_log_from(from, timeout, |v| {
-            v["message"] == "server state changed" && v["server"] == name && v["to"] == state
-        });
+    /// Waits for `server` to have entered `state` since `from`: polls `/metrics` (every
+    /// 10 ms) until `apilb_server_state_transitions_total{server,to=state}` has moved from its
+    /// value at the mark. A change is seen even if the state has been left again since; the
+    /// state, not a log line, is what is waited on. Panics after `timeout`.
+    pub fn wait_state(
+        &self,
+        from: &Mark,
+        server: impl std::fmt::Display,
+        state: &str,
+        timeout: Duration,
+    ) {
+        let labels = [format!("server=\"{server}\""), format!("to=\"{state}\"")];
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        let base = sum_samples(
+            from.transitions
+                .as_deref()
+                .expect("no transitions at this mark: a log_mark, or /metrics did not answer"),
+            TRANSITIONS,
+            &labels,
+        );
+        let deadline = Instant::now() + timeout;
+        loop {
+            let now = metrics_blocking(self.admin)
+                .map(|text| sum_samples(&text, TRANSITIONS, &labels))
+                .unwrap_or(base);
+            // Moved: up, or reset (the server left the set and came back) and counted since.
+            if now > 0.0 && now != base {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{server} did not enter {state} within {timeout:?} (transitions to it: {now}, \
+                 {base} at the mark); log:\n{}",
+                self.logs()
+                    .iter()
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits until no connection to the admin endpoint is open in the kernel with a
+    /// descriptor behind it (`/proc/net/tcp`: the admin port, not listening, inode not 0):
+    /// for a test that counts apilb's descriptors right after asking it something (the
+    /// answered connection's descriptor is closed a moment after its last byte).
+    pub fn wait_admin_idle(&self, timeout: Duration) {
+        let port = format!(":{:04X}", self.admin.port());
+        let deadline = Instant::now() + timeout;
+        loop {
+            let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+            let open = tcp
+                .lines()
+                .skip(1)
+                .map(|l| l.split_whitespace().collect::<Vec<_>>())
+                .filter(|f| f.len() > 9 && f[1].ends_with(&port) && f[3] != "0A" && f[9] != "0")
+                .count();
+            if open == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{open} admin connections still open after {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     pub fn wait_all_ready(&self, servers: &[&Standin]) {
         for s in servers {
-            self.wait_state(0, s.addr, "ready", Duration::from_secs(10));
+            self.wait_state(&Mark::START, s.addr, "ready", Duration::from_secs(10));
         }
     }
 
@@ -206,33 +286,98 @@ impl Apilb {
     /// Waits until `/status` shows `server` in `state` (polled every 10 ms: the state, not a
     /// log line, is what is asserted). Panics after `timeout`.
     pub async fn wait_status(&self, server: SocketAddr, state: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let now = self.state_of(server).await;
-            if now == state {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{server} is {now}, not {state}, after {timeout:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_status_at(self.admin, server, state, timeout).await
     }
 
     /// The value of a counter or gauge in `/metrics`: the sum of the samples of `name` whose
     /// labels contain every one of `labels` (`key="value"`).
     pub async fn metric(&self, name: &str, labels: &[&str]) -> f64 {
         let (_, text) = self.admin_get("/metrics").await;
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| {
-                let (series, value) = l.rsplit_once(' ')?;
-                let (n, rest) = series.split_once('{').unwrap_or((series, ""));
-                (n == name && labels.iter().all(|x| rest.contains(x)))
-                    .then(|| value.parse::<f64>().ok())?
-            })
-            .sum()
+        sum_samples(&text, name, labels)
+    }
+}
+
+const TRANSITIONS: &str = "apilb_server_state_transitions_total";
+
+/// A point in an apilb's life to wait from (`Apilb::mark`): later log lines, later state
+/// transitions.
+pub struct Mark {
+    log: usize,
+    /// The `apilb_server_state_transitions_total` samples at the mark; `None` if `/metrics`
+    /// did not answer.
+    transitions: Option<String>,
+}
+
+impl Mark {
+    /// The process's start: every log line, every transition.
+    pub const START: Mark = Mark {
+        log: 0,
+        transitions: Some(String::new()),
+    };
+
+    /// How many log lines had been logged at the mark.
+    pub fn log_index(&self) -> usize {
+        self.log
+    }
+}
+
+/// The sum of the samples of `name` in the Prometheus text `text` whose labels contain every
+/// one of `labels` (`key="value"`).
+fn sum_samples(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            (n == name && labels.iter().all(|x| rest.contains(x)))
+                .then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+/// `GET /metrics` on the admin endpoint at `admin`, blocking (for the synchronous waits).
+fn metrics_blocking(admin: SocketAddr) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    let (code, body) = parse_response(&out);
+    if code != 200 {
+        return Err(std::io::Error::other(format!("/metrics answered {code}")));
+    }
+    Ok(body)
+}
+
+/// Waits until `/status` on the admin endpoint at `admin` shows `server` in `state`, polled
+/// every 10 ms (an endpoint not answering yet is polled again). Panics after `timeout`.
+pub async fn wait_status_at(admin: SocketAddr, server: SocketAddr, state: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    let name = server.to_string();
+    loop {
+        let now = match admin_get_at(admin, "/status").await {
+            Ok((200, body)) => serde_json::from_str::<Value>(&body)
+                .ok()
+                .and_then(|st| {
+                    st["servers"]
+                        .as_array()
+                        .and_then(|a| a.iter().find(|v| v["server"] == name.as_str()))
+                        .and_then(|v| v["state"].as_str())
+                        .map(str::to_string)
+                })
+                .unwrap_or_else(|| "absent".into()),
+            Ok((code, _)) => format!("unknown (/status answered {code})"),
+            Err(e) => format!("unknown (/status: {e})"),
+        };
+        if now == state {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{server} is {now}, not {state}, after {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
