@@ -27,7 +27,7 @@ pub mod workers;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -118,7 +118,6 @@ pub struct Proxy {
     pub timeouts: Timeouts,
     /// Every live client connection is a task of this tracker.
     pub tracker: TaskTracker,
-    panic_mode: AtomicBool,
     logs: LogLimits,
     silent: Silent,
 }
@@ -138,7 +137,6 @@ impl Proxy {
             max_connections,
             timeouts,
             tracker: TaskTracker::new(),
-            panic_mode: AtomicBool::new(false),
             logs: LogLimits::default(),
             silent: Silent::default(),
         }
@@ -288,17 +286,6 @@ impl Proxy {
         }
     }
 
-    fn note_panic_mode(&self, panic: bool) {
-        if self.panic_mode.swap(panic, Ordering::Relaxed) != panic {
-            self.metrics.panic_mode.set(i64::from(panic));
-            if panic {
-                tracing::warn!("no server is ready: panic mode, trying every server");
-            } else {
-                tracing::info!("a server is ready again: panic mode over");
-            }
-        }
-    }
-
     /// From the accept to a committed server: the client's first flight, then connect and
     /// first-byte racing. `None` if the connection ended meanwhile (counted and logged).
     async fn setup(
@@ -309,7 +296,6 @@ impl Proxy {
     ) -> Option<connect::Established> {
         let flight = self.first_flight(client, peer, silent).await?;
         let plan = balance::plan(&self.backends.snapshot());
-        self.note_panic_mode(plan.panic);
         let establishing = connect::establish(
             client,
             flight.bytes,

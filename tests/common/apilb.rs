@@ -234,6 +234,23 @@ impl Apilb {
             })
             .sum()
     }
+
+    /// Waits until `metric(name, labels)` is `value` (polled every 10 ms). Panics after
+    /// `timeout`, naming the value seen last.
+    pub async fn wait_metric(&self, name: &str, labels: &[&str], value: f64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let now = self.metric(name, labels).await;
+            if now == value {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} is {now}, not {value}, after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }
 
 /// One GET on the admin endpoint at `admin`: the status and body of the answer.
