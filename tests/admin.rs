@@ -104,10 +104,12 @@ async fn admin_out_of_descriptors_backs_off_logs_once_and_recovers() {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    assert_eq!(
-        unsafe { libc::prlimit(lb.pid(), libc::RLIMIT_NOFILE, std::ptr::null(), &mut before) },
-        0
-    );
+    // SAFETY: prlimit(2) reads `new` and writes `old`, both live structs on this stack (or
+    // null where unused).
+    #[allow(unsafe_code)]
+    let got =
+        unsafe { libc::prlimit(lb.pid(), libc::RLIMIT_NOFILE, std::ptr::null(), &mut before) };
+    assert_eq!(got, 0);
     // Below every descriptor it holds beyond stdio: the ones open stay open, no new one
     // can be made (counting the open ones would not do: a transient one closing leaves a
     // free number below the limit).
@@ -115,17 +117,18 @@ async fn admin_out_of_descriptors_backs_off_logs_once_and_recovers() {
         rlim_cur: 3,
         rlim_max: before.rlim_max,
     };
-    assert_eq!(
-        unsafe {
-            libc::prlimit(
-                lb.pid(),
-                libc::RLIMIT_NOFILE,
-                &none_free,
-                std::ptr::null_mut(),
-            )
-        },
-        0
-    );
+    // SAFETY: prlimit(2) reads `new` and writes `old`, both live structs on this stack (or
+    // null where unused).
+    #[allow(unsafe_code)]
+    let set = unsafe {
+        libc::prlimit(
+            lb.pid(),
+            libc::RLIMIT_NOFILE,
+            &none_free,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(set, 0);
     let mark = lb.mark();
     // The kernel completes this client's handshake; apilb cannot accept it yet.
     let admin = lb.admin;
@@ -151,10 +154,12 @@ async fn admin_out_of_descriptors_backs_off_logs_once_and_recovers() {
         .count();
     assert_eq!(lines, 1, "admin accept failures logged {lines} times");
     // Descriptors back: the client that waited is served.
-    assert_eq!(
-        unsafe { libc::prlimit(lb.pid(), libc::RLIMIT_NOFILE, &before, std::ptr::null_mut()) },
-        0
-    );
+    // SAFETY: prlimit(2) reads `new` and writes `old`, both live structs on this stack (or
+    // null where unused).
+    #[allow(unsafe_code)]
+    let set =
+        unsafe { libc::prlimit(lb.pid(), libc::RLIMIT_NOFILE, &before, std::ptr::null_mut()) };
+    assert_eq!(set, 0);
     let code = tokio::time::timeout(Duration::from_secs(5), waiting)
         .await
         .expect("the waiting admin client was never served")

@@ -33,7 +33,7 @@ fn text(b: &[u8]) -> String {
 }
 
 fn v(args: &[&str]) -> Vec<String> {
-    args.iter().map(|s| s.to_string()).collect()
+    args.iter().map(ToString::to_string).collect()
 }
 
 /// `args` with `more` appended.

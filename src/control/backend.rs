@@ -127,7 +127,7 @@ pub struct Backend {
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A poisoned lock only means another thread panicked while holding it; the data
     // (status text, a token) is still usable.
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Backend {
@@ -262,10 +262,10 @@ impl Backend {
         let (from, to) = (old.as_str(), new.as_str());
         match new {
             State::Ready => {
-                tracing::info!(server = %self.name, from, to, cause = reason, "server state changed")
+                tracing::info!(server = %self.name, from, to, cause = reason, "server state changed");
             }
             _ => {
-                tracing::warn!(server = %self.name, from, to, cause = reason, "server state changed")
+                tracing::warn!(server = %self.name, from, to, cause = reason, "server state changed");
             }
         }
         old

@@ -63,7 +63,9 @@ struct Silent {
 
 impl Silent {
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, CancellationToken>> {
-        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+        self.conns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn register(&self) -> (u64, CancellationToken) {
@@ -173,7 +175,7 @@ impl Proxy {
                                 suppressed,
                                 "connection limit reached; closing the oldest connection that \
                                  has not sent its ClientHello"
-                            )
+                            );
                         });
                     } else if self.connections() >= self.max_connections {
                         self.metrics.reject(RejectReason::connection_limit);
@@ -182,7 +184,7 @@ impl Proxy {
                                 limit = self.max_connections,
                                 suppressed,
                                 "connection limit reached; closing new connections"
-                            )
+                            );
                         });
                         socket::reset_on_close(&client);
                         continue;
@@ -198,7 +200,7 @@ impl Proxy {
                     // EMFILE/ENFILE/ENOBUFS…: do not spin; the listener stays usable.
                     self.metrics.accept_error(Listener::proxy);
                     self.logs.accept_error.log(|suppressed| {
-                        tracing::error!(error = %e, retry_in = ?backoff, suppressed, "accept failed")
+                        tracing::error!(error = %e, retry_in = ?backoff, suppressed, "accept failed");
                     });
                     tokio::select! {
                         () = stop.cancelled() => return,
@@ -314,14 +316,14 @@ impl Proxy {
                         self.metrics.reject(RejectReason::local_resources);
                         self.logs.local_resources.log(|suppressed| {
                             tracing::error!(client = %peer, cause = %e, suppressed,
-                                "closing a new client connection: out of local resources")
+                                "closing a new client connection: out of local resources");
                         });
                     }
                     E::NoServer | E::NoAnswer => {
                         self.metrics.reject(RejectReason::no_server);
                         self.logs.no_server.log(|suppressed| {
                             tracing::warn!(client = %peer, cause = %e, suppressed,
-                                "no server for a client connection")
+                                "no server for a client connection");
                         });
                     }
                 }
@@ -433,7 +435,7 @@ mod tests {
         let peer = c.local_addr().unwrap();
         let silent = proxy.silent.register();
         let fut = proxy.handle(c, peer, silent);
-        let size = std::mem::size_of_val(&fut);
+        let size = size_of_val(&fut);
         assert!(size < 640, "connection task is {size} bytes");
     }
 }

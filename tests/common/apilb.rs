@@ -44,7 +44,7 @@ impl Apilb {
         }
         args.push("--ca-file".into());
         args.push(pki.ca.display().to_string());
-        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(extra.iter().map(ToString::to_string));
         Self::start_args(args, None)
     }
 
@@ -136,7 +136,7 @@ impl Apilb {
                 "no matching apilb log line within {timeout:?}; log:\n{}",
                 lines
                     .iter()
-                    .map(|v| v.to_string())
+                    .map(ToString::to_string)
                     .collect::<Vec<_>>()
                     .join("\n")
             );
@@ -163,7 +163,7 @@ impl Apilb {
     }
 
     pub fn signal(&self, sig: i32) {
-        assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0);
+        assert_eq!(super::send_signal(self.pid(), sig), 0);
     }
 
     /// Waits for the process to exit (a thread blocks in waitpid); returns its exit code.
@@ -172,6 +172,8 @@ impl Apilb {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut status = 0;
+            // SAFETY: `status` is a live, writable c_int for the duration of the call.
+            #[allow(unsafe_code)]
             let r = unsafe { libc::waitpid(pid, &mut status, 0) };
             let _ = tx.send((r, status));
         });
