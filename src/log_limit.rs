@@ -50,7 +50,10 @@ impl LogLimit {
     }
 
     fn check_at(&self, now: Instant) -> Option<u64> {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if s.last
             .is_none_or(|t| now.saturating_duration_since(t) >= self.every)
         {

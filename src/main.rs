@@ -143,7 +143,7 @@ fn main() -> ExitCode {
                         admin::client::render(&s)
                     };
                     // A closed pipe (`apilb status | head`) is not an error worth a panic.
-                    let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
+                    let _ = Write::write_all(&mut std::io::stdout(), text.as_bytes());
                     if s.ready {
                         ExitCode::SUCCESS
                     } else {

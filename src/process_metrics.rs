@@ -28,12 +28,6 @@ pub struct Process {
     pub start_time_seconds: Option<f64>,
 }
 
-fn sysconf(name: libc::c_int) -> Option<f64> {
-    // SAFETY: sysconf reads a constant of the system.
-    let v = unsafe { libc::sysconf(name) };
-    (v > 0).then_some(v as f64)
-}
-
 /// The fields of `/proc/self/stat` after the command name (which may hold spaces and
 /// parentheses: everything up to the last `)`), numbered as in proc(5) from field 3.
 fn stat_fields(stat: &str) -> Option<Vec<&str>> {
@@ -43,8 +37,8 @@ fn stat_fields(stat: &str) -> Option<Vec<&str>> {
 
 /// Reads the figures now.
 pub fn read() -> Process {
-    let page = sysconf(libc::_SC_PAGESIZE);
-    let tick = sysconf(libc::_SC_CLK_TCK);
+    let page = Some(rustix::param::page_size() as f64).filter(|&v| v > 0.0);
+    let tick = Some(rustix::param::clock_ticks_per_second() as f64).filter(|&v| v > 0.0);
     let mut p = Process::default();
     if let (Ok(statm), Some(page)) = (std::fs::read_to_string("/proc/self/statm"), page) {
         let mut f = statm.split_whitespace().map(|v| v.parse::<f64>().ok());
@@ -55,14 +49,9 @@ pub fn read() -> Process {
         // Less one: the directory's own descriptor, open while it is listed.
         p.open_fds = Some(dir.count().saturating_sub(1) as f64);
     }
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes to a valid rlimit struct.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
-        p.max_fds = Some(lim.rlim_cur as f64);
-    }
+    let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    // `None` is unlimited, exported as +Inf.
+    p.max_fds = Some(lim.current.map_or(f64::INFINITY, |v| v as f64));
     if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
         if let (Some(f), Some(tick)) = (stat_fields(&stat), tick) {
             // proc(5): utime 14, stime 15, num_threads 20, starttime 22; f[0] is field 3.

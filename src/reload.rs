@@ -176,7 +176,10 @@ fn ago(t: Option<SystemTime>) -> Option<f64> {
 impl State {
     fn with<T>(&self, f: impl FnOnce(&mut Record) -> T) -> T {
         // A poisoned lock only means a panic elsewhere, which ends the process anyway.
-        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         f(&mut g)
     }
 

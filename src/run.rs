@@ -83,35 +83,31 @@ const RESERVED_FDS: u64 = 128;
 /// about when the operator gave it; the default is sized down to what the limit holds (a
 /// common 20,000-descriptor limit would otherwise warn at default settings).
 fn fit_nofile_limit(max_connections: usize, given: bool) -> usize {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit write to / read from a valid rlimit struct.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return max_connections;
-    }
-    if lim.rlim_cur < lim.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: lim.rlim_max,
-            rlim_max: lim.rlim_max,
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let lim = getrlimit(Resource::Nofile);
+    // `None` is unlimited.
+    let mut current = lim.current.unwrap_or(u64::MAX);
+    if current < lim.maximum.unwrap_or(u64::MAX) {
+        let raised = Rlimit {
+            current: lim.maximum,
+            maximum: lim.maximum,
         };
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-            lim = raised;
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            current = lim.maximum.unwrap_or(u64::MAX);
         }
     }
     let need = (max_connections as u64)
         .saturating_mul(2)
         .saturating_add(RESERVED_FDS);
-    if lim.rlim_cur >= need {
+    if current >= need {
         return max_connections;
     }
-    let fits = usize::try_from(lim.rlim_cur.saturating_sub(RESERVED_FDS) / 2)
+    let fits = usize::try_from(current.saturating_sub(RESERVED_FDS) / 2)
         .unwrap_or(max_connections)
         .max(1);
     if given {
         tracing::warn!(
-            limit = lim.rlim_cur,
+            limit = current,
             max_connections,
             needed = need,
             "the open-file limit cannot hold --max-connections; new connections beyond it are \
@@ -121,7 +117,7 @@ fn fit_nofile_limit(max_connections: usize, given: bool) -> usize {
         max_connections
     } else {
         tracing::info!(
-            limit = lim.rlim_cur,
+            limit = current,
             max_connections = fits,
             "--max-connections sized to the open-file limit (two descriptors a connection)"
         );
@@ -191,7 +187,7 @@ fn proxy_listeners(
         }
         if let Some(l) = inherited.first() {
             let addr = addr_of(l)?;
-            let listen: Vec<String> = cfg.listen.iter().map(|a| a.to_string()).collect();
+            let listen: Vec<String> = cfg.listen.iter().map(ToString::to_string).collect();
             return Err(StartError(format!(
                 "the supervisor passed a socket listening on {addr} (socket activation), \
                  which matches no --listen address ({}) nor --admin-listen {}: its clients \
@@ -325,7 +321,7 @@ pub async fn run(
                     match tokio::net::TcpListener::from_std(copy) {
                         Ok(l) => proxy.serve(l, stop).await,
                         Err(e) => {
-                            tracing::error!(worker = i, %addr, error = %e, "worker cannot accept here")
+                            tracing::error!(worker = i, %addr, error = %e, "worker cannot accept here");
                         }
                     }
                 },
@@ -359,8 +355,8 @@ pub async fn run(
         .start(admin_listener, admin_stop.clone())
         .with_context(|| format!("--admin-listen {}: cannot serve", cfg.admin_listen))?;
     tracing::info!(
-        listen = ?listen_addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-        servers = ?cfg.servers.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        listen = ?listen_addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        servers = ?cfg.servers.iter().map(ToString::to_string).collect::<Vec<_>>(),
         admin = %cfg.admin_listen,
         version = env!("CARGO_PKG_VERSION"),
         "apilb started"

@@ -104,10 +104,11 @@ async fn admin_out_of_descriptors_backs_off_logs_once_and_recovers() {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    assert_eq!(
-        unsafe { libc::prlimit(lb.pid(), libc::RLIMIT_NOFILE, std::ptr::null(), &mut before) },
-        0
-    );
+    // SAFETY: prlimit(2) writes `before`, a live struct on this stack; `new` is null.
+    #[allow(unsafe_code)]
+    let got =
+        unsafe { libc::prlimit(lb.pid(), libc::RLIMIT_NOFILE, std::ptr::null(), &mut before) };
+    assert_eq!(got, 0);
     // Below every descriptor it holds beyond stdio: the ones open stay open, no new one
     // can be made (counting the open ones would not do: a transient one closing leaves a
     // free number below the limit).
@@ -115,17 +116,17 @@ async fn admin_out_of_descriptors_backs_off_logs_once_and_recovers() {
         rlim_cur: 3,
         rlim_max: before.rlim_max,
     };
-    assert_eq!(
-        unsafe {
-            libc::prlimit(
-                lb.pid(),
-                libc::RLIMIT_NOFILE,
-                &none_free,
-                std::ptr::null_mut(),
-            )
-        },
-        0
-    );
+    // SAFETY: prlimit(2) reads `none_free`, a live struct on this stack; `old` is null.
+    #[allow(unsafe_code)]
+    let set = unsafe {
+        libc::prlimit(
+            lb.pid(),
+            libc::RLIMIT_NOFILE,
+            &none_free,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(set, 0);
     let mark = lb.log_mark();
     // The kernel completes this client's handshake; apilb cannot accept it yet.
     let admin = lb.admin;
@@ -151,10 +152,11 @@ async fn admin_out_of_descriptors_backs_off_logs_once_and_recovers() {
         .count();
     assert_eq!(lines, 1, "admin accept failures logged {lines} times");
     // Descriptors back: the client that waited is served.
-    assert_eq!(
-        unsafe { libc::prlimit(lb.pid(), libc::RLIMIT_NOFILE, &before, std::ptr::null_mut()) },
-        0
-    );
+    // SAFETY: prlimit(2) reads `before`, a live struct on this stack; `old` is null.
+    #[allow(unsafe_code)]
+    let back =
+        unsafe { libc::prlimit(lb.pid(), libc::RLIMIT_NOFILE, &before, std::ptr::null_mut()) };
+    assert_eq!(back, 0);
     let code = tokio::time::timeout(Duration::from_secs(5), waiting)
         .await
         .expect("the waiting admin client was never served")

@@ -55,7 +55,10 @@ fn servers_in_effect(st: &Value) -> Vec<String> {
 
 fn mkfifo(p: &Path) {
     let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    // SAFETY: `c` is a NUL-terminated path that outlives the call.
+    #[allow(unsafe_code)]
+    let made = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
+    assert_eq!(made, 0);
 }
 
 /// A FIFO put at the config path (no writer ever comes) once held the reload, on the
@@ -476,6 +479,9 @@ fn run_with_nofile(pki: &Pki, s: &Standin, nofile: u64, extra: &[&str]) -> (Valu
     .args(extra)
     .stdout(std::process::Stdio::null())
     .stderr(std::fs::File::create(&log).unwrap());
+    // SAFETY: pre_exec runs in the forked child before exec: the closure calls only
+    // setrlimit (async-signal-safe) with a struct on its own stack, and allocates nothing.
+    #[allow(unsafe_code)]
     unsafe {
         cmd.pre_exec(move || {
             let l = libc::rlimit {
@@ -506,7 +512,7 @@ fn run_with_nofile(pki: &Pki, s: &Standin, nofile: u64, extra: &[&str]) -> (Valu
         assert!(Instant::now() < deadline, "admin endpoint never answered");
         std::thread::sleep(Duration::from_millis(10));
     };
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    send_signal(child.id() as i32, libc::SIGTERM);
     assert!(child.wait().unwrap().success());
     let lines = std::fs::read_to_string(&log)
         .unwrap()

@@ -137,7 +137,7 @@ users:
             args.push("--discovery-interval".into());
             args.push("200ms".into());
         }
-        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(extra.iter().map(ToString::to_string));
         Apilb::start_args(args, None)
     }
 
@@ -493,7 +493,7 @@ async fn logs_never_contain_tokens_or_keys() {
             "trace,apilb=trace",
         ]
         .iter()
-        .map(|s| s.to_string())
+        .map(ToString::to_string)
         .collect(),
         None,
     );

@@ -345,3 +345,37 @@ async fn an_oversized_readyz_head_is_reported_as_oversized() {
     assert!(failures("oversized").await >= 1.0);
     assert_eq!(failures("closed").await, 0.0);
 }
+
+/// Panic mode is entered when the last ready server stops being ready and left when one is
+/// ready again, with no client connection in between: the control plane sets the gauge (and
+/// logs) when states change, not the next client's accept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panic_mode_follows_health_without_client_traffic() {
+    let pki = Pki::new();
+    let s = [
+        Standin::start(&pki, [127, 0, 0, 2], "cp1"),
+        Standin::start(&pki, [127, 0, 0, 3], "cp2"),
+    ];
+    let lb = Apilb::start(
+        &pki,
+        &[&s[0], &s[1]],
+        &["--health-readyz-interval", "200ms"],
+    );
+    lb.wait_all_ready(&[&s[0], &s[1]]);
+    assert_eq!(lb.metric("apilb_panic_mode", &[]).await, 0.0);
+
+    s[0].set_readyz(&pki, 500).await;
+    lb.wait_status(s[0].addr, "not_ready", Duration::from_secs(15))
+        .await;
+    // One server is still ready: no panic.
+    assert_eq!(lb.metric("apilb_panic_mode", &[]).await, 0.0);
+    s[1].set_readyz(&pki, 500).await;
+    lb.wait_metric("apilb_panic_mode", &[], 1.0, Duration::from_secs(15))
+        .await;
+    assert_eq!(lb.state_of(s[1].addr).await, "not_ready");
+
+    s[1].set_readyz(&pki, 200).await;
+    lb.wait_metric("apilb_panic_mode", &[], 0.0, Duration::from_secs(15))
+        .await;
+    assert_eq!(lb.state_of(s[1].addr).await, "ready");
+}

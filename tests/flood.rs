@@ -174,7 +174,7 @@ async fn an_idle_and_stalled_flood_as_nobody_locks_no_speaking_client_out() {
 
     assert_eq!(
         upstream_connects(&lb).await,
-        speaking as f64,
+        f64::from(speaking),
         "server connections beyond one per speaking client"
     );
     let status = lb.status().await;

@@ -425,7 +425,7 @@ fn with_prefix(args: &[String], prefix: &str) -> Vec<String> {
 
 #[test]
 fn manifest_from_kubespray_reads_every_shape_kubespray_renders() {
-    let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let v = |s: &[&str]| s.iter().map(ToString::to_string).collect::<Vec<_>>();
     let cases: &[(&str, &str, Vec<String>, Vec<String>)] = &[
         (
             "--nginx-conf",

@@ -237,7 +237,7 @@ async fn ipv6_listener_and_host_name_servers() {
         &v6s,
     ]
     .iter()
-    .map(|s| s.to_string())
+    .map(ToString::to_string)
     .collect();
     let lb = Apilb::start_args(std::mem::take(&mut lb_args), None);
     // Named as given: by host name.
@@ -265,10 +265,11 @@ async fn out_of_descriptors_backs_off_keeps_serving_and_recovers() {
         rlim_cur: open + 4,
         rlim_max: open + 4,
     };
-    assert_eq!(
-        unsafe { libc::prlimit(lb.pid(), libc::RLIMIT_NOFILE, &lim, std::ptr::null_mut()) },
-        0
-    );
+    // SAFETY: prlimit(2) reads `new` and writes `old`, both live structs on this stack (or
+    // null where unused).
+    #[allow(unsafe_code)]
+    let set = unsafe { libc::prlimit(lb.pid(), libc::RLIMIT_NOFILE, &lim, std::ptr::null_mut()) };
+    assert_eq!(set, 0);
     let mut w1 = Watch::open(lb.listen, &pki).await;
     let mut w2 = Watch::open(lb.listen, &pki).await;
     let mark = lb.log_mark();

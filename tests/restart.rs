@@ -44,7 +44,10 @@ fn activated_with(
         .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    // SAFETY: only async-signal-safe calls between fork and exec.
+    // SAFETY: pre_exec runs in the forked child before exec: the closure makes only
+    // async-signal-safe calls (fcntl, dup2, close) on descriptors the child inherited, and
+    // allocates nothing.
+    #[allow(unsafe_code)]
     unsafe {
         cmd.pre_exec(move || {
             // First out of the way (a source may be 3 or 4 itself), then into place.
@@ -110,7 +113,7 @@ async fn restart_with_an_inherited_socket_refuses_no_connection() {
         "json",
     ]
     .iter()
-    .map(|a| a.to_string())
+    .map(ToString::to_string)
     .collect();
 
     let mut first = activated(&listener, &args);
@@ -135,7 +138,7 @@ async fn restart_with_an_inherited_socket_refuses_no_connection() {
         });
         // Some succeed, then the restart.
         count.wait_for(|c| *c >= 5).await.unwrap();
-        unsafe { libc::kill(first.id() as i32, libc::SIGTERM) };
+        send_signal(first.id() as i32, libc::SIGTERM);
         let status = tokio::task::spawn_blocking(move || first.wait())
             .await
             .unwrap()
@@ -177,7 +180,10 @@ fn sighup_during_start_up_does_not_kill() {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("config.yaml");
         let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // SAFETY: `c` is a NUL-terminated path that outlives the call.
+        #[allow(unsafe_code)]
+        let made = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
+        assert_eq!(made, 0);
         let admin = free_port([127, 0, 0, 1]);
         let mut child = Command::new(APILB)
             .args(["run", "--config", fifo.to_str().unwrap()])
@@ -198,7 +204,7 @@ fn sighup_during_start_up_does_not_kill() {
             .recv_timeout(Duration::from_secs(10))
             .expect("apilb never read its config")
             .unwrap();
-        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGHUP) }, 0);
+        assert_eq!(send_signal(child.id() as i32, libc::SIGHUP), 0);
         // Later reads (the reload, the change watch) find a plain file at the path.
         let plain = dir.path().join("plain.yaml");
         std::fs::write(&plain, &config).unwrap();
@@ -221,7 +227,7 @@ fn sighup_during_start_up_does_not_kill() {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert!(child.try_wait().unwrap().is_none(), "round {round}");
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        send_signal(child.id() as i32, libc::SIGTERM);
         assert!(child.wait().unwrap().success(), "round {round}");
     }
 }
@@ -256,7 +262,7 @@ fn exit_within(mut cmd: Command, timeout: Duration) -> (Option<i32>, String) {
             (out.status.code(), err)
         }
         Err(_) => {
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            send_signal(pid, libc::SIGKILL);
             panic!("still running after {timeout:?}");
         }
     }
@@ -336,7 +342,7 @@ async fn a_second_apilb_on_the_same_address_is_refused_unless_both_share_it() {
     );
     let msg = notify.next();
     assert!(msg.lines().any(|l| l == "READY=1"), "{msg}");
-    unsafe { libc::kill(old.0.id() as i32, libc::SIGTERM) };
+    send_signal(old.0.id() as i32, libc::SIGTERM);
     assert!(old.0.wait().unwrap().success());
     assert_eq!(whoami(listen, &pki).await.unwrap(), "cp1");
     assert!(new.0.try_wait().unwrap().is_none());
@@ -355,7 +361,7 @@ fn base_args(admin: SocketAddr, s: &Standin, pki: &Pki) -> Vec<String> {
         "json",
     ]
     .iter()
-    .map(|a| a.to_string())
+    .map(ToString::to_string)
     .collect()
 }
 
@@ -376,7 +382,7 @@ fn activated_exit(child: Child, timeout: Duration) -> (Option<i32>, String) {
             )
         }
         Err(_) => {
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            send_signal(pid, libc::SIGKILL);
             panic!("still running after {timeout:?}");
         }
     }
@@ -513,7 +519,7 @@ fn notifies_ready_once_a_server_is_ready_and_stopping_on_sigterm() {
     assert!(msg.lines().any(|l| l == "READY=1"), "{msg}");
     // Ready means a server is ready, not merely that the process runs.
     assert_eq!(admin_code(admin, "/readyz"), 200);
-    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    send_signal(child.0.id() as i32, libc::SIGTERM);
     let msg = notify.next();
     assert!(msg.lines().any(|l| l == "STOPPING=1"), "{msg}");
     assert!(child.0.wait().unwrap().success());

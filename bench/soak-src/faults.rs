@@ -16,7 +16,7 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::common::{Blackhole, Relay, Standin, SERVER_NAME};
+use crate::common::{send_signal, Blackhole, Relay, Standin, SERVER_NAME};
 use crate::schedule::{Fault, Kind};
 use crate::traffic::client::empty;
 use crate::traffic::record::Ctx;
@@ -105,9 +105,11 @@ impl Servers {
         let mut last = String::new();
         for _ in 0..5 {
             let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                let mut s = self.standins[i].lock().unwrap_or_else(|e| e.into_inner());
+                let mut s = self.standins[i]
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 s.graceful = Some(delay);
-                s.restart()
+                s.restart();
             }));
             match r {
                 Ok(()) => return Ok(()),
@@ -115,8 +117,8 @@ impl Servers {
                     last = p
                         .downcast_ref::<String>()
                         .cloned()
-                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                        .unwrap_or_default()
+                        .or_else(|| p.downcast_ref::<&str>().map(ToString::to_string))
+                        .unwrap_or_default();
                 }
             }
             std::thread::sleep(Duration::from_millis(200));
@@ -127,9 +129,9 @@ impl Servers {
     pub(crate) fn signal(&self, i: usize, sig: i32) -> Result<(), String> {
         let pid = self.standins[i]
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .pid();
-        if unsafe { libc::kill(pid, sig) } == 0 {
+        if send_signal(pid, sig) == 0 {
             Ok(())
         } else {
             Err(format!(
@@ -152,13 +154,13 @@ impl Servers {
         }
         let child = self.standins[i]
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take_process();
         let Some(mut child) = child else {
             return Err(format!("cp{} is not running", i + 1));
         };
         // Signalled before it is handed to the waiter, which alone reaps it.
-        if unsafe { libc::kill(child.id() as i32, libc::SIGTERM) } != 0 {
+        if send_signal(child.id() as i32, libc::SIGTERM) != 0 {
             let e = io::Error::last_os_error();
             let _ = child.kill();
             let _ = child.wait();
@@ -176,7 +178,9 @@ impl Servers {
         let i = f.server;
         match f.kind {
             Kind::Kill => {
-                let mut s = self.standins[i].lock().unwrap_or_else(|e| e.into_inner());
+                let mut s = self.standins[i]
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 s.kill();
                 Ok(())
             }
@@ -219,7 +223,7 @@ impl Servers {
             Kind::NotReady => self.set_readyz(i, 200).await?,
             Kind::Freeze | Kind::Stall => {
                 self.frozen.lock().unwrap()[i] = false;
-                self.signal(i, libc::SIGCONT)?
+                self.signal(i, libc::SIGCONT)?;
             }
             Kind::Graceful => {
                 // Restarted once it has exited: the shutdown is its own to finish.
@@ -236,7 +240,7 @@ impl Servers {
                         }
                     }
                 }
-                tokio::task::block_in_place(|| self.restart(i))?
+                tokio::task::block_in_place(|| self.restart(i))?;
             }
             Kind::Spike => {
                 for r in &self.relays {
@@ -326,7 +330,7 @@ pub(crate) async fn run_faults(
                     println!(
                         "soak: {now:7.2}s  restored  {name} ({}{how})",
                         f.kind.as_str()
-                    )
+                    );
                 }
                 Err(e) => {
                     eprintln!("soak: {now:7.2}s  could not restore {name}: {e}");

@@ -124,12 +124,12 @@ fn parse_args() -> Result<Option<Args>, String> {
             "--seconds" => {
                 a.seconds = value("--seconds")?
                     .parse()
-                    .map_err(|e| format!("--seconds: {e}"))?
+                    .map_err(|e| format!("--seconds: {e}"))?;
             }
             "--seed" => {
                 a.seed = value("--seed")?
                     .parse()
-                    .map_err(|e| format!("--seed: {e}"))?
+                    .map_err(|e| format!("--seed: {e}"))?;
             }
             "--out" => a.out = PathBuf::from(value("--out")?),
             "-h" | "--help" => {
@@ -160,7 +160,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if unsafe { libc::geteuid() } != 0 {
+    if !rustix::process::geteuid().is_root() {
         eprintln!("soak: needs root (iptables blackholes, signals to its servers)");
         return ExitCode::from(2);
     }
@@ -452,7 +452,7 @@ fn write_outputs(args: &Args, analysis: &Analysis, lb: &Apilb) {
         .logs()
         .iter()
         .filter(|v| {
-            !matches!(v["level"].as_str(), Some("DEBUG") | Some("TRACE"))
+            !matches!(v["level"].as_str(), Some("DEBUG" | "TRACE"))
                 || v["target"] == "apilb::control::health"
         })
         .map(|v| v.to_string() + "\n")

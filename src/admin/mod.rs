@@ -102,7 +102,7 @@ impl Admin {
                 let o = b.observed();
                 ServerStatus {
                     server: b.name.clone(),
-                    addresses: b.addrs().iter().map(|a| a.to_string()).collect(),
+                    addresses: b.addrs().iter().map(ToString::to_string).collect(),
                     state: b.state().as_str().to_string(),
                     reason: o.reason,
                     since_seconds: ago(o.since).map(|s| s as u64),
@@ -223,7 +223,7 @@ impl Admin {
                     self.metrics.accept_error(Listener::admin);
                     accept_log.log(|suppressed| {
                         tracing::warn!(error = %e, retry_in = ?backoff, suppressed,
-                            "admin accept failed")
+                            "admin accept failed");
                     });
                     tokio::select! {
                         () = stop.cancelled() => return,
@@ -257,7 +257,7 @@ impl Admin {
                 let io = hyper_util::rt::TokioIo::new(stream);
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(std::time::Duration::from_secs(10))
+                    .header_read_timeout(Duration::from_secs(10))
                     .serve_connection(io, svc);
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "admin connection");

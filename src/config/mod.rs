@@ -151,12 +151,12 @@ impl Config {
         let mut m = std::collections::BTreeMap::new();
         m.insert(
             "listen",
-            list(self.listen.iter().map(|a| a.to_string()).collect()),
+            list(self.listen.iter().map(ToString::to_string).collect()),
         );
         m.insert("allow-non-loopback", V::Bool(self.allow_non_loopback));
         m.insert(
             "server",
-            list(self.servers.iter().map(|s| s.to_string()).collect()),
+            list(self.servers.iter().map(ToString::to_string).collect()),
         );
         m.insert("ca-file", p(&self.ca_file));
         m.insert("health-client-cert", p(&self.health_client_cert));

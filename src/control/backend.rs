@@ -127,7 +127,7 @@ pub struct Backend {
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A poisoned lock only means another thread panicked while holding it; the data
     // (status text, a token) is still usable.
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Backend {
@@ -263,10 +263,10 @@ impl Backend {
         let (from, to) = (old.as_str(), new.as_str());
         match new {
             State::Ready => {
-                tracing::info!(server = %self.name, from, to, cause = reason, "server state changed")
+                tracing::info!(server = %self.name, from, to, cause = reason, "server state changed");
             }
             _ => {
-                tracing::warn!(server = %self.name, from, to, cause = reason, "server state changed")
+                tracing::warn!(server = %self.name, from, to, cause = reason, "server state changed");
             }
         }
         old
@@ -351,6 +351,9 @@ pub struct Backends {
     removed: Arc<Mutex<Vec<Arc<Backend>>>>,
     root: CancellationToken,
     metrics: Arc<Metrics>,
+    /// Panic mode: no server in the set is ready or unchecked. Changed, logged and exported
+    /// (`apilb_panic_mode`) here, when a state or the set changes, never by a client.
+    panic: AtomicBool,
 }
 
 pub struct Change {
@@ -365,6 +368,7 @@ impl Backends {
             removed: Arc::new(Mutex::new(Vec::new())),
             root,
             metrics,
+            panic: AtomicBool::new(false),
         }
     }
 
@@ -425,6 +429,7 @@ impl Backends {
             .cloned()
             .collect();
         self.current.store(Arc::new(next));
+        self.note_panic_mode();
         for b in &removed {
             match removal {
                 Removal::Close => b.retire(),
@@ -463,6 +468,38 @@ impl Backends {
                 b.retire();
             }
         });
+    }
+
+    /// Moves `b` to `new` (`Backend::set_state`) and notes whether the set entered or left
+    /// panic mode. Returns the previous state.
+    pub fn set_state(&self, b: &Backend, new: State, reason: &str) -> State {
+        let old = b.set_state(new, reason);
+        if old != new {
+            self.note_panic_mode();
+        }
+        old
+    }
+
+    /// Panic mode is on while no server in the set is ready or unchecked (a set with no
+    /// servers is not in panic: there is nothing to try). Logged once when entered or left.
+    fn note_panic_mode(&self) {
+        let set = self.snapshot();
+        let panic = !set.is_empty()
+            && !set
+                .iter()
+                .any(|b| matches!(b.state(), State::Ready | State::Unknown));
+        if self.panic.swap(panic, Ordering::AcqRel) != panic {
+            self.metrics.panic_mode.set(i64::from(panic));
+            if panic {
+                tracing::warn!("no server is ready: panic mode, trying every server");
+            } else {
+                tracing::info!("a server is ready again: panic mode over");
+            }
+        }
+    }
+
+    pub fn in_panic_mode(&self) -> bool {
+        self.panic.load(Ordering::Acquire)
     }
 
     pub fn any_ready(&self) -> bool {

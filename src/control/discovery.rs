@@ -242,7 +242,7 @@ pub fn parse_state(text: &[u8]) -> Result<Vec<ServerSpec>, String> {
 fn save_state(dir: &Path, servers: &[ServerSpec]) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let st = StateFile {
-        servers: servers.iter().map(|s| s.to_string()).collect(),
+        servers: servers.iter().map(ToString::to_string).collect(),
         updated: SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -531,7 +531,7 @@ pub struct Discovery {
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Discovery {
@@ -543,7 +543,7 @@ impl Discovery {
         let from_state = load_state(&settings.state_dir);
         if !from_state.is_empty() {
             tracing::info!(file = %settings.state_dir.join(STATE_FILE).display(),
-                servers = ?from_state.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                servers = ?from_state.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 "loaded the last discovered servers");
         }
         Discovery {
@@ -587,7 +587,7 @@ impl Discovery {
             discovered: lock(&self.list)
                 .discovered
                 .as_ref()
-                .map(|d| d.iter().map(|s| s.to_string()).collect())
+                .map(|d| d.iter().map(ToString::to_string).collect())
                 .unwrap_or_default(),
         }
     }
@@ -653,20 +653,20 @@ impl Discovery {
             let mut l = lock(&self.list);
             let old = l.discovered.clone().unwrap_or_default();
             let mut sorted_new = found.clone();
-            sorted_new.sort_by_key(|s| s.to_string());
+            sorted_new.sort_by_key(ToString::to_string);
             let mut sorted_old = old.clone();
-            sorted_old.sort_by_key(|s| s.to_string());
+            sorted_old.sort_by_key(ToString::to_string);
             let changed = l.discovered.is_none() || sorted_new != sorted_old;
             if changed {
                 let added: Vec<String> = found
                     .iter()
                     .filter(|s| !old.contains(s))
-                    .map(|s| s.to_string())
+                    .map(ToString::to_string)
                     .collect();
                 let removed: Vec<String> = old
                     .iter()
                     .filter(|s| !found.contains(s))
-                    .map(|s| s.to_string())
+                    .map(ToString::to_string)
                     .collect();
                 tracing::info!(api, ?added, ?removed, mode = ?l.mode,
                     "discovered control planes changed");

@@ -132,7 +132,7 @@ impl<'a> Checker<'a> {
             }
         }
         if let Some((to, why)) = &v.to {
-            b.set_state(*to, why);
+            self.set.set_state(b, *to, why);
         }
         let now = b.state();
         match obs {

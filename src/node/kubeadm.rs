@@ -88,7 +88,7 @@ pub async fn post_join(a: &PostJoinArgs) -> anyhow::Result<()> {
     }
 
     let started = Instant::now();
-    crate::node::kubeconfig::cmd::wait_ready("post-join", &a.admin_url, a.timeout).await?;
+    kubeconfig::cmd::wait_ready("post-join", &a.admin_url, a.timeout).await?;
     println!(
         "apilb at {} has a ready server (waited {:.1}s)",
         a.admin_url,

@@ -27,7 +27,7 @@ pub mod workers;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -63,7 +63,9 @@ struct Silent {
 
 impl Silent {
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, CancellationToken>> {
-        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+        self.conns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn register(&self) -> (u64, CancellationToken) {
@@ -118,7 +120,6 @@ pub struct Proxy {
     pub timeouts: Timeouts,
     /// Every live client connection is a task of this tracker.
     pub tracker: TaskTracker,
-    panic_mode: AtomicBool,
     logs: LogLimits,
     silent: Silent,
 }
@@ -138,7 +139,6 @@ impl Proxy {
             max_connections,
             timeouts,
             tracker: TaskTracker::new(),
-            panic_mode: AtomicBool::new(false),
             logs: LogLimits::default(),
             silent: Silent::default(),
         }
@@ -175,7 +175,7 @@ impl Proxy {
                                 suppressed,
                                 "connection limit reached; closing the oldest connection that \
                                  has not sent its ClientHello"
-                            )
+                            );
                         });
                     } else if self.connections() >= self.max_connections {
                         self.metrics.reject(RejectReason::connection_limit);
@@ -184,7 +184,7 @@ impl Proxy {
                                 limit = self.max_connections,
                                 suppressed,
                                 "connection limit reached; closing new connections"
-                            )
+                            );
                         });
                         socket::reset_on_close(&client);
                         continue;
@@ -200,7 +200,7 @@ impl Proxy {
                     // EMFILE/ENFILE/ENOBUFS…: do not spin; the listener stays usable.
                     self.metrics.accept_error(Listener::proxy);
                     self.logs.accept_error.log(|suppressed| {
-                        tracing::error!(error = %e, retry_in = ?backoff, suppressed, "accept failed")
+                        tracing::error!(error = %e, retry_in = ?backoff, suppressed, "accept failed");
                     });
                     tokio::select! {
                         () = stop.cancelled() => return,
@@ -288,17 +288,6 @@ impl Proxy {
         }
     }
 
-    fn note_panic_mode(&self, panic: bool) {
-        if self.panic_mode.swap(panic, Ordering::Relaxed) != panic {
-            self.metrics.panic_mode.set(i64::from(panic));
-            if panic {
-                tracing::warn!("no server is ready: panic mode, trying every server");
-            } else {
-                tracing::info!("a server is ready again: panic mode over");
-            }
-        }
-    }
-
     /// From the accept to a committed server: the client's first flight, then connect and
     /// first-byte racing. `None` if the connection ended meanwhile (counted and logged).
     async fn setup(
@@ -309,7 +298,6 @@ impl Proxy {
     ) -> Option<connect::Established> {
         let flight = self.first_flight(client, peer, silent).await?;
         let plan = balance::plan(&self.backends.snapshot());
-        self.note_panic_mode(plan.panic);
         let establishing = connect::establish(
             client,
             flight.bytes,
@@ -328,14 +316,14 @@ impl Proxy {
                         self.metrics.reject(RejectReason::local_resources);
                         self.logs.local_resources.log(|suppressed| {
                             tracing::error!(client = %peer, cause = %e, suppressed,
-                                "closing a new client connection: out of local resources")
+                                "closing a new client connection: out of local resources");
                         });
                     }
                     E::NoServer | E::NoAnswer => {
                         self.metrics.reject(RejectReason::no_server);
                         self.logs.no_server.log(|suppressed| {
                             tracing::warn!(client = %peer, cause = %e, suppressed,
-                                "no server for a client connection")
+                                "no server for a client connection");
                         });
                     }
                 }
@@ -447,7 +435,7 @@ mod tests {
         let peer = c.local_addr().unwrap();
         let silent = proxy.silent.register();
         let fut = proxy.handle(c, peer, silent);
-        let size = std::mem::size_of_val(&fut);
+        let size = size_of_val(&fut);
         assert!(size < 640, "connection task is {size} bytes");
     }
 }

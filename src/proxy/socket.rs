@@ -103,8 +103,11 @@ pub fn inherited() -> Vec<std::net::TcpListener> {
     let mut out = Vec::new();
     // LISTEN_FDS comes from the environment: a huge count must not overflow the range.
     for fd in 3..n.saturating_add(3) {
-        // SAFETY: F_GETFD reads only the descriptor's flags.
-        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        // SAFETY: F_GETFD takes no pointer and only reads the descriptor's flags; on a
+        // descriptor that is not open it fails with EBADF and touches nothing.
+        #[allow(unsafe_code)]
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        if flags < 0 {
             tracing::warn!(
                 listen_fds = n,
                 fd,
@@ -113,7 +116,9 @@ pub fn inherited() -> Vec<std::net::TcpListener> {
             break;
         }
         // SAFETY: the supervisor hands these descriptors to this process (sd_listen_fds
-        // protocol), and the descriptor is open; each is taken once, here.
+        // protocol), the descriptor is open (checked above), and nothing else in the process
+        // owns it: each is taken once, here, and LISTEN_FDS is removed from the environment.
+        #[allow(unsafe_code)]
         let sock = unsafe { Socket::from_raw_fd(fd) };
         let is_listener = sock.r#type().ok() == Some(Type::STREAM)
             && matches!(sock.domain(), Ok(d) if d == Domain::IPV4 || d == Domain::IPV6)
@@ -165,7 +170,7 @@ mod tests {
         let second = listen(addr, true).expect("SO_REUSEPORT on both lets the new process bind");
         let second = TcpListener::from_std(second).unwrap();
         drop(first);
-        let c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let c = TcpStream::connect(addr).await.unwrap();
         let (_s, peer) = second.accept().await.unwrap();
         assert_eq!(peer, c.local_addr().unwrap());
     }
@@ -188,15 +193,13 @@ mod tests {
     async fn accepted_sockets_inherit_nodelay_from_the_listener() {
         let l =
             TcpListener::from_std(listen("127.0.0.1:0".parse().unwrap(), false).unwrap()).unwrap();
-        let c = tokio::net::TcpStream::connect(l.local_addr().unwrap())
-            .await
-            .unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let (s, _) = l.accept().await.unwrap();
         assert!(s.nodelay().unwrap());
         drop((c, s));
         // Not the default: a plain listener's accepted sockets have it off.
         let plain = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let _c = tokio::net::TcpStream::connect(plain.local_addr().unwrap())
+        let _c = TcpStream::connect(plain.local_addr().unwrap())
             .await
             .unwrap();
         let (s, _) = plain.accept().await.unwrap();
@@ -207,9 +210,7 @@ mod tests {
     #[tokio::test]
     async fn upstream_options() {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let c = tokio::net::TcpStream::connect(l.local_addr().unwrap())
-            .await
-            .unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         tune_upstream(&c);
         let s = SockRef::from(&c);
         assert!(s.tcp_nodelay().unwrap());

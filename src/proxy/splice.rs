@@ -72,7 +72,9 @@ impl Pool {
     }
 
     fn free(&self) -> std::sync::MutexGuard<'_, Vec<(OwnedFd, OwnedFd)>> {
-        self.free.lock().unwrap_or_else(|e| e.into_inner())
+        self.free
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn take(&self) -> Option<Pipe> {
@@ -203,7 +205,7 @@ mod tests {
 
     #[test]
     fn a_pipe_is_small() {
-        assert!(std::mem::size_of::<Option<Pipe>>() <= 16);
+        assert!(size_of::<Option<Pipe>>() <= 16);
     }
 
     fn pool(max_open: usize) -> Pool {

@@ -241,8 +241,10 @@ mod tests {
         write_atomic(&path, b"newer").unwrap();
         assert_eq!(mode_of(&path), 0o640);
         let meta = fs::metadata(&path).unwrap();
-        // SAFETY: plain getters.
-        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        let (uid, gid) = (
+            rustix::process::geteuid().as_raw(),
+            rustix::process::getegid().as_raw(),
+        );
         assert_eq!((meta.uid(), meta.gid()), (uid, gid));
         assert!(leftovers(dir.path()).is_empty());
         // A new file is private.
@@ -253,8 +255,7 @@ mod tests {
 
     #[test]
     fn write_atomic_copies_owner_when_root() {
-        // SAFETY: plain getter.
-        let euid = unsafe { libc::geteuid() };
+        let euid = rustix::process::geteuid().as_raw();
         assert_eq!(
             euid, 0,
             "copying an owner needs root: run the tests as root"

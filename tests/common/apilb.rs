@@ -45,7 +45,7 @@ impl Apilb {
         }
         args.push("--ca-file".into());
         args.push(pki.ca.display().to_string());
-        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(extra.iter().map(ToString::to_string));
         Self::start_args(args, None)
     }
 
@@ -155,7 +155,7 @@ impl Apilb {
                 "no matching apilb log line within {timeout:?}; log:\n{}",
                 lines
                     .iter()
-                    .map(|v| v.to_string())
+                    .map(ToString::to_string)
                     .collect::<Vec<_>>()
                     .join("\n")
             );
@@ -202,7 +202,7 @@ impl Apilb {
                  {base} at the mark); log:\n{}",
                 self.logs()
                     .iter()
-                    .map(|v| v.to_string())
+                    .map(ToString::to_string)
                     .collect::<Vec<_>>()
                     .join("\n")
             );
@@ -243,7 +243,7 @@ impl Apilb {
     }
 
     pub fn signal(&self, sig: i32) {
-        assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0);
+        assert_eq!(super::send_signal(self.pid(), sig), 0);
     }
 
     /// Waits for the process to exit (a thread blocks in waitpid); returns its exit code.
@@ -252,6 +252,8 @@ impl Apilb {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut status = 0;
+            // SAFETY: `status` is a live, writable c_int for the duration of the call.
+            #[allow(unsafe_code)]
             let r = unsafe { libc::waitpid(pid, &mut status, 0) };
             let _ = tx.send((r, status));
         });
@@ -286,7 +288,7 @@ impl Apilb {
     /// Waits until `/status` shows `server` in `state` (polled every 10 ms: the state, not a
     /// log line, is what is asserted). Panics after `timeout`.
     pub async fn wait_status(&self, server: SocketAddr, state: &str, timeout: Duration) {
-        wait_status_at(self.admin, server, state, timeout).await
+        wait_status_at(self.admin, server, state, timeout).await;
     }
 
     /// The value of a counter or gauge in `/metrics`: the sum of the samples of `name` whose
@@ -294,6 +296,23 @@ impl Apilb {
     pub async fn metric(&self, name: &str, labels: &[&str]) -> f64 {
         let (_, text) = self.admin_get("/metrics").await;
         sum_samples(&text, name, labels)
+    }
+
+    /// Waits until `metric(name, labels)` is `value` (polled every 10 ms). Panics after
+    /// `timeout`, naming the value seen last.
+    pub async fn wait_metric(&self, name: &str, labels: &[&str], value: f64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let now = self.metric(name, labels).await;
+            if now == value {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} is {now}, not {value}, after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
 

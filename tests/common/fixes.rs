@@ -31,7 +31,7 @@ pub fn text(b: &[u8]) -> String {
 }
 
 pub fn v(args: &[&str]) -> Vec<String> {
-    args.iter().map(|s| s.to_string()).collect()
+    args.iter().map(ToString::to_string).collect()
 }
 
 /// `args` with `more` appended.

@@ -18,6 +18,16 @@ mod streams;
 
 use std::net::{SocketAddr, TcpListener};
 
+/// kill(2): sends `sig` to `pid`; 0 or -1, as kill(2) returns.
+pub fn send_signal(pid: i32, sig: i32) -> i32 {
+    // SAFETY: kill(2) takes two integers and no pointer; a wrong pid or signal is an error
+    // return, not undefined behaviour.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(pid, sig)
+    }
+}
+
 // Each test binary uses a part of the harness: the re-exports it leaves unused are fine.
 #[allow(unused_imports)]
 pub use self::{apilb::*, blackhole::*, client::*, pki::*, relay::*, standin::*, streams::*};

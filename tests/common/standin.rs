@@ -47,7 +47,7 @@ impl Standin {
             addr,
             name: name.to_string(),
             client_ca,
-            api_dir: api_dir.map(|p| p.to_path_buf()),
+            api_dir: api_dir.map(std::path::Path::to_path_buf),
             http1_only: false,
             graceful: None,
             certs: (pki.cert.clone(), pki.key.clone(), pki.ca.clone()),
@@ -101,18 +101,18 @@ impl Standin {
 
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
-            unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
+            super::send_signal(c.id() as i32, libc::SIGKILL);
             let _ = c.wait();
         }
     }
 
     /// SIGSTOP: the kernel still accepts connections, the process answers nothing.
     pub fn freeze(&self) {
-        assert_eq!(unsafe { libc::kill(self.pid(), libc::SIGSTOP) }, 0);
+        assert_eq!(super::send_signal(self.pid(), libc::SIGSTOP), 0);
     }
 
     pub fn thaw(&self) {
-        assert_eq!(unsafe { libc::kill(self.pid(), libc::SIGCONT) }, 0);
+        assert_eq!(super::send_signal(self.pid(), libc::SIGCONT), 0);
     }
 
     /// A stand-in that shuts down as kube-apiserver does on SIGTERM (`--graceful`).
@@ -125,7 +125,7 @@ impl Standin {
 
     /// SIGTERM: with `graceful`, the start of kube-apiserver's graceful shutdown.
     pub fn terminate(&self) {
-        assert_eq!(unsafe { libc::kill(self.pid(), libc::SIGTERM) }, 0);
+        assert_eq!(super::send_signal(self.pid(), libc::SIGTERM), 0);
     }
 
     /// Waits (off the async runtime) for the process to exit; its exit code.

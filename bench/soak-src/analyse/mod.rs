@@ -30,7 +30,7 @@ pub(crate) fn percentile(v: &mut [f32], p: f64) -> f64 {
     if v.is_empty() {
         return 0.0;
     }
-    v.sort_by(|a, b| a.total_cmp(b));
+    v.sort_by(f32::total_cmp);
     let i = ((v.len() as f64 - 1.0) * p).round() as usize;
     f64::from(v[i])
 }

@@ -104,7 +104,7 @@ pub(crate) fn fail_reasons(
         )),
         Some(_) => {}
         None if crashed.is_none() => {
-            fail_reasons.push("could not sample apilb at the end".to_string())
+            fail_reasons.push("could not sample apilb at the end".to_string());
         }
         None => {}
     }

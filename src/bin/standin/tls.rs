@@ -68,7 +68,7 @@ pub(crate) fn tls_config(args: &Args) -> Result<ServerConfig> {
 /// Loads every certificate in a PEM file; an empty file is an error.
 fn load_certs(path: &Path, flag: &str) -> Result<Vec<CertificateDer<'static>>> {
     let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
         .map_err(|e| {
             anyhow!(
                 "{flag} {}: cannot load PEM certificates: {e}",

@@ -187,7 +187,7 @@ pub(super) fn https_host(url: &str) -> Result<String, String> {
     if host.is_empty() {
         return Err("it has no host".into());
     }
-    if host.chars().any(|c| c.is_whitespace()) {
+    if host.chars().any(char::is_whitespace) {
         return Err("the host contains whitespace".into());
     }
     if let Some(port) = port {

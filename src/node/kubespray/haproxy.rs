@@ -41,7 +41,7 @@ pub(super) fn haproxy_words(line: &str) -> Vec<String> {
     while let Some(c) = chars.next() {
         match (quote, c) {
             (Some(q), c) if c == q => quote = None,
-            (Some('"'), '\\') | (None, '\\') => {
+            (Some('"') | None, '\\') => {
                 if let Some(n) = chars.next() {
                     word.push(n);
                     in_word = true;

@@ -223,7 +223,7 @@ fn server_spec(host: String, port: Option<u16>, raw: &str) -> Result<ServerSpec,
 /// Turns a listen/bind host into addresses; `None`/`*`/empty: every IPv4 address.
 fn listen_addrs(host: Option<&str>, port: u16, raw: &str) -> Result<Vec<SocketAddr>, String> {
     let ips: Vec<IpAddr> = match host {
-        None | Some("") | Some("*") | Some("0.0.0.0") => vec![Ipv4Addr::UNSPECIFIED.into()],
+        None | Some("" | "*" | "0.0.0.0") => vec![Ipv4Addr::UNSPECIFIED.into()],
         Some("::") => vec![Ipv6Addr::UNSPECIFIED.into()],
         Some("localhost") => vec![Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()],
         Some(h) => vec![h

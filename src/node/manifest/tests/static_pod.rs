@@ -330,5 +330,5 @@ fn manifest_allow_non_loopback_is_passed_on() {
     assert!(systemd_unit(&p, "x").contains("    run \\\n    --allow-non-loopback \\\n"));
     // Without it, the default stays loopback only.
     let (_, pod) = pod_of(&["--server", "10.0.0.1:6443"]);
-    assert!(!format!("{:?}", pod).contains("allow-non-loopback"));
+    assert!(!format!("{pod:?}").contains("allow-non-loopback"));
 }

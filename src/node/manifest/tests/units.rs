@@ -223,7 +223,7 @@ fn manifest_systemd_unit() {
 fn shell_line_quotes_what_a_shell_would_split_or_glob() {
     let v: Vec<String> = ["apilb", "--listen", "[::1]:6443", "a b", "it's"]
         .iter()
-        .map(|s| s.to_string())
+        .map(ToString::to_string)
         .collect();
     assert_eq!(
         shell_line(&v),
