@@ -35,11 +35,13 @@ pub use crate::server::DiscoveryMode as Mode;
 use crate::server::ServerSpec;
 
 mod credentials;
+mod error;
 mod fetch;
 mod merge;
 mod state_file;
 
 pub use credentials::Credentials;
+pub use error::DiscoveryError;
 pub use fetch::{fetch, parse_endpoint_slice, parse_endpoints, Answer};
 pub use merge::ServerList;
 use state_file::save_state;
@@ -130,8 +132,9 @@ impl Discovery {
         }
     }
 
-    fn fail(&self, result: &'static str, why: String) {
-        self.metrics.discovery_attempt(result);
+    fn fail(&self, why: DiscoveryError) {
+        self.metrics.discovery_attempt(why.result());
+        let why = why.to_string();
         let mut last = lock(&self.last_error);
         if last.as_deref() != Some(why.as_str()) {
             tracing::warn!(error = %why, "discovery failed; keeping the current servers");
@@ -143,7 +146,7 @@ impl Discovery {
     pub async fn round(&self, backends: &Backends, apply: &Apply) {
         let creds = match Credentials::load(&self.settings.kubeconfig) {
             Ok(c) => c,
-            Err(e) => return self.fail("error", e),
+            Err(e) => return self.fail(e),
         };
         let snapshot = backends.snapshot();
         let mut order: Vec<Arc<Backend>> = snapshot.iter().cloned().collect();
@@ -153,7 +156,7 @@ impl Discovery {
             State::Unknown | State::NotReady | State::Draining => 1,
             State::Down => 2,
         });
-        let mut answer = Err("no server to ask".to_string());
+        let mut answer = Err(DiscoveryError::NoServer);
         for b in order.iter().take(3) {
             answer = fetch(b, &creds).await;
             if answer.is_ok() {
@@ -161,7 +164,7 @@ impl Discovery {
             }
         }
         let (found, api) = match answer {
-            Err(e) => return self.fail("error", e),
+            Err(e) => return self.fail(e),
             Ok(Answer::Forbidden(what)) => {
                 self.metrics.discovery_attempt("forbidden");
                 if !self.forbidden_logged.swap(true, Ordering::Relaxed) {
@@ -176,10 +179,7 @@ impl Discovery {
             Ok(Answer::Servers(found, api)) => (found, api),
         };
         if found.is_empty() {
-            return self.fail(
-                "empty",
-                format!("the {api} `kubernetes` lists no ready server"),
-            );
+            return self.fail(DiscoveryError::Empty { api });
         }
         self.metrics.discovery_attempt("ok");
         self.metrics.discovery_success_now();

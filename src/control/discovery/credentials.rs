@@ -9,6 +9,8 @@ use base64::Engine;
 use rustls::pki_types::PrivateKeyDer;
 use serde::Deserialize;
 
+use super::error::DiscoveryError;
+
 #[derive(Deserialize)]
 struct Kubeconfig {
     #[serde(rename = "current-context")]
@@ -85,7 +87,11 @@ fn b64(data: &str, what: &str) -> Result<Vec<u8>, String> {
 
 impl Credentials {
     /// Reads the current context's cluster CA and user credentials.
-    pub fn load(path: &Path) -> Result<Credentials, String> {
+    pub fn load(path: &Path) -> Result<Credentials, DiscoveryError> {
+        Credentials::read(path).map_err(DiscoveryError::Credentials)
+    }
+
+    fn read(path: &Path) -> Result<Credentials, String> {
         let p = path.display();
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("{p}: cannot read the discovery kubeconfig: {e}"))?;

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use tokio::net::TcpStream;
 
 use super::credentials::Credentials;
+use super::error::DiscoveryError;
 use crate::control::backend::Backend;
 use crate::server::ServerSpec;
 
@@ -87,16 +88,18 @@ fn spec(ip: &str, port: u16) -> Option<ServerSpec> {
 }
 
 /// The servers of an EndpointSlice: ready endpoints (no condition = ready), its https port.
-pub fn parse_endpoint_slice(body: &[u8]) -> Result<Vec<ServerSpec>, String> {
-    let s: EndpointSlice =
-        serde_json::from_slice(body).map_err(|e| format!("not an EndpointSlice: {e}"))?;
+pub fn parse_endpoint_slice(body: &[u8]) -> Result<Vec<ServerSpec>, DiscoveryError> {
+    let s: EndpointSlice = serde_json::from_slice(body)
+        .map_err(|e| DiscoveryError::Parse(format!("not an EndpointSlice: {e}")))?;
     if let Some(t) = &s.address_type {
         if t != "IPv4" && t != "IPv6" {
-            return Err(format!("addressType {t} is not an IP family"));
+            return Err(DiscoveryError::Parse(format!(
+                "addressType {t} is not an IP family"
+            )));
         }
     }
     let port = https_port(s.ports.as_deref().unwrap_or_default())
-        .ok_or("the EndpointSlice has no port")?;
+        .ok_or_else(|| DiscoveryError::Parse("the EndpointSlice has no port".into()))?;
     let mut out = Vec::new();
     for ep in s.endpoints.unwrap_or_default() {
         if ep.conditions.and_then(|c| c.ready) == Some(false) {
@@ -114,9 +117,9 @@ pub fn parse_endpoint_slice(body: &[u8]) -> Result<Vec<ServerSpec>, String> {
 }
 
 /// The servers of the Endpoints object: ready addresses of each subset with its https port.
-pub fn parse_endpoints(body: &[u8]) -> Result<Vec<ServerSpec>, String> {
-    let e: Endpoints =
-        serde_json::from_slice(body).map_err(|e| format!("not an Endpoints: {e}"))?;
+pub fn parse_endpoints(body: &[u8]) -> Result<Vec<ServerSpec>, DiscoveryError> {
+    let e: Endpoints = serde_json::from_slice(body)
+        .map_err(|e| DiscoveryError::Parse(format!("not an Endpoints: {e}")))?;
     let mut out = Vec::new();
     for subset in e.subsets.unwrap_or_default() {
         let Some(port) = https_port(subset.ports.as_deref().unwrap_or_default()) else {
@@ -140,26 +143,32 @@ pub enum Answer {
     Forbidden(String),
 }
 
-async fn get(server: &Backend, creds: &Credentials, path: &str) -> Result<(u16, Bytes), String> {
+async fn get(
+    server: &Backend,
+    creds: &Credentials,
+    path: &str,
+) -> Result<(u16, Bytes), DiscoveryError> {
     let addr = *server
         .addrs()
         .first()
-        .ok_or_else(|| format!("{} has no address", server.name))?;
+        .ok_or_else(|| DiscoveryError::NoAddress(server.name.to_string()))?;
     let name = creds.server_name.as_deref().unwrap_or(&server.spec.host);
-    let sni = ServerName::try_from(name.to_string())
-        .map_err(|e| format!("`{name}` is not a TLS server name: {e}"))?;
+    let sni = ServerName::try_from(name.to_string()).map_err(|e| DiscoveryError::ServerName {
+        name: name.to_string(),
+        reason: e.to_string(),
+    })?;
     let work = async {
         let tcp = TcpStream::connect(addr)
             .await
-            .map_err(|e| format!("connect to {addr}: {e}"))?;
+            .map_err(|source| DiscoveryError::Connect { addr, source })?;
         let tls = tokio_rustls::TlsConnector::from(creds.tls.clone())
             .connect(sni, tcp)
             .await
-            .map_err(|e| format!("TLS with {addr}: {e}"))?;
+            .map_err(|source| DiscoveryError::Tls { addr, source })?;
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| DiscoveryError::Http(e.to_string()))?;
         tokio::spawn(conn);
         let mut req = http::Request::get(path)
             .header(http::header::HOST, server.spec.to_string())
@@ -171,29 +180,42 @@ async fn get(server: &Backend, creds: &Credentials, path: &str) -> Result<(u16, 
         if let Some(t) = &creds.token {
             req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
         }
-        let req = req.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
-        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let req = req
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| DiscoveryError::Http(e.to_string()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| DiscoveryError::Http(e.to_string()))?;
         let code = resp.status().as_u16();
         let body = Limited::new(resp.into_body(), MAX_BODY)
             .collect()
             .await
-            .map_err(|e| format!("reading the answer: {e}"))?
+            .map_err(|e| DiscoveryError::Body(e.to_string()))?
             .to_bytes();
         Ok((code, body))
     };
     tokio::time::timeout(REQUEST_TIMEOUT, work)
         .await
-        .map_err(|_| format!("{path} on {addr}: no answer within 5s"))?
+        .map_err(|_| DiscoveryError::Timeout {
+            path: path.to_string(),
+            addr,
+        })?
 }
 
 /// Asks `server` for the apiserver list: the EndpointSlice first, then the Endpoints.
-pub async fn fetch(server: &Backend, creds: &Credentials) -> Result<Answer, String> {
+pub async fn fetch(server: &Backend, creds: &Credentials) -> Result<Answer, DiscoveryError> {
     let (code, body) = get(server, creds, SLICE_PATH).await?;
     let slice_status = match code {
         200 => return parse_endpoint_slice(&body).map(|s| Answer::Servers(s, "EndpointSlice")),
         403 | 404 => code,
-        401 => return Err("the discovery credentials were refused (401)".into()),
-        other => return Err(format!("EndpointSlice: the apiserver answered {other}")),
+        401 => return Err(DiscoveryError::Unauthorized),
+        other => {
+            return Err(DiscoveryError::Status {
+                api: "EndpointSlice",
+                code: other,
+            })
+        }
     };
     let (code, body) = get(server, creds, ENDPOINTS_PATH).await?;
     match code {
@@ -201,6 +223,9 @@ pub async fn fetch(server: &Backend, creds: &Credentials) -> Result<Answer, Stri
         403 => Ok(Answer::Forbidden(format!(
             "EndpointSlice answered {slice_status}, Endpoints answered 403"
         ))),
-        other => Err(format!("Endpoints: the apiserver answered {other}")),
+        other => Err(DiscoveryError::Status {
+            api: "Endpoints",
+            code: other,
+        }),
     }
 }

@@ -6,6 +6,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+use super::error::DiscoveryError;
 use crate::server::ServerSpec;
 
 pub const STATE_FILE: &str = "servers.json";
@@ -40,17 +41,19 @@ pub fn load_state(dir: &Path) -> Vec<ServerSpec> {
 }
 
 /// Parses the state file's text: the servers it lists, or why it is unusable.
-pub fn parse_state(text: &[u8]) -> Result<Vec<ServerSpec>, String> {
-    let parsed: StateFile = serde_json::from_slice(text).map_err(|e| e.to_string())?;
+pub fn parse_state(text: &[u8]) -> Result<Vec<ServerSpec>, DiscoveryError> {
+    let parsed: StateFile =
+        serde_json::from_slice(text).map_err(|e| DiscoveryError::StateFile(e.to_string()))?;
     parsed
         .servers
         .iter()
-        .map(|s| ServerSpec::parse(s))
+        .map(|s| ServerSpec::parse(s).map_err(DiscoveryError::StateFile))
         .collect()
 }
 
-pub(super) fn save_state(dir: &Path, servers: &[ServerSpec]) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+pub(super) fn save_state(dir: &Path, servers: &[ServerSpec]) -> Result<(), DiscoveryError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| DiscoveryError::StateFile(format!("cannot create {}: {e}", dir.display())))?;
     let st = StateFile {
         servers: servers.iter().map(|s| s.to_string()).collect(),
         updated: SystemTime::now()
@@ -58,7 +61,9 @@ pub(super) fn save_state(dir: &Path, servers: &[ServerSpec]) -> Result<(), Strin
             .map(|d| d.as_secs())
             .unwrap_or(0),
     };
-    let body = serde_json::to_vec_pretty(&st).map_err(|e| e.to_string())?;
+    let body =
+        serde_json::to_vec_pretty(&st).map_err(|e| DiscoveryError::StateFile(e.to_string()))?;
     // New files get mode 0600; the write is atomic (temp file, fsync, rename, fsync dir).
-    crate::util::atomic_file::write_atomic(&dir.join(STATE_FILE), &body).map_err(|e| e.to_string())
+    crate::util::atomic_file::write_atomic(&dir.join(STATE_FILE), &body)
+        .map_err(|e| DiscoveryError::StateFile(e.to_string()))
 }

@@ -99,3 +99,29 @@ fn state_file_round_trip_and_corruption() {
     std::fs::write(d.join(STATE_FILE), b"{not json").unwrap();
     assert!(load_state(&d).is_empty());
 }
+
+#[test]
+fn errors_keep_their_words_and_label_the_metric() {
+    let empty = DiscoveryError::Empty { api: "Endpoints" };
+    assert_eq!(empty.result(), "empty");
+    assert_eq!(
+        empty.to_string(),
+        "the Endpoints `kubernetes` lists no ready server"
+    );
+    let status = DiscoveryError::Status {
+        api: "EndpointSlice",
+        code: 500,
+    };
+    assert_eq!(status.result(), "error");
+    assert_eq!(
+        status.to_string(),
+        "EndpointSlice: the apiserver answered 500"
+    );
+    assert_eq!(
+        DiscoveryError::Unauthorized.to_string(),
+        "the discovery credentials were refused (401)"
+    );
+    let parse = parse_endpoint_slice(b"{").unwrap_err();
+    assert!(matches!(parse, DiscoveryError::Parse(_)), "{parse:?}");
+    assert!(parse.to_string().starts_with("not an EndpointSlice: "));
+}
