@@ -288,7 +288,7 @@ async fn connect(b: &Backend, ctx: &HealthContext) -> Result<TlsStream<TcpStream
         ));
     };
     let name = crate::control::tls::server_name(&b.spec.host, ctx.tls_server_name.as_deref())
-        .map_err(|e| Ending::of(Cause::tls, e))?;
+        .map_err(|e| Ending::of(Cause::tls, e.to_string()))?;
     let timeout = ctx.settings.timeout;
     let mut connected = false;
     let work = async {

@@ -132,7 +132,8 @@ impl Credentials {
             }
         };
         let roots =
-            crate::control::tls::parse_certs(&format!("{p}: certificate-authority"), &ca_pem)?;
+            crate::control::tls::parse_certs(&format!("{p}: certificate-authority"), &ca_pem)
+                .map_err(|e| e.to_string())?;
         let cert = match (&user.cert_data, &user.cert) {
             (Some(d), _) => Some(b64(d, "client-certificate-data")?),
             (None, Some(f)) => Some(read_file(base, f, "client-certificate")?),
@@ -146,9 +147,11 @@ impl Credentials {
         let client = match (cert, key) {
             (Some(c), Some(k)) => {
                 let chain =
-                    crate::control::tls::parse_certs(&format!("{p}: client-certificate"), &c)?;
+                    crate::control::tls::parse_certs(&format!("{p}: client-certificate"), &c)
+                        .map_err(|e| e.to_string())?;
                 let key: PrivateKeyDer<'static> =
-                    crate::control::tls::parse_key(&format!("{p}: client-key"), &k)?;
+                    crate::control::tls::parse_key(&format!("{p}: client-key"), &k)
+                        .map_err(|e| e.to_string())?;
                 Some((chain, key))
             }
             (None, None) => None,
