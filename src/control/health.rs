@@ -53,6 +53,9 @@ use crate::control::goaway;
 use crate::control::judge::{describe, Cause, Judge, Observation};
 use crate::proxy::socket;
 
+mod cause;
+use cause::{h2_cause, hyper_cause, io_cause};
+
 /// How often /readyz is asked while a server is not ready (HAProxy's `fastinter`).
 const FAST_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a silent server's health connection is kept for a late answer before it is
@@ -269,27 +272,6 @@ where
     }
 }
 
-/// What an I/O error on an established connection says about the server.
-fn io_cause(e: &io::Error) -> Cause {
-    match e.kind() {
-        io::ErrorKind::TimedOut => Cause::ping_timeout,
-        io::ErrorKind::UnexpectedEof => Cause::closed,
-        io::ErrorKind::InvalidData => Cause::protocol,
-        _ => Cause::reset,
-    }
-}
-
-/// What an ended HTTP/2 connection says, `goaway` telling whether a GOAWAY came first.
-fn h2_cause(e: &h2::Error, goaway: bool) -> Cause {
-    if goaway || e.is_go_away() {
-        Cause::goaway
-    } else if let Some(io) = e.get_io() {
-        io_cause(io)
-    } else {
-        Cause::protocol
-    }
-}
-
 async fn connect(b: &Backend, ctx: &HealthContext) -> Result<TlsStream<TcpStream>, Ending> {
     if b.needs_resolution() {
         if let Err(e) = b.resolve().await {
@@ -306,7 +288,7 @@ async fn connect(b: &Backend, ctx: &HealthContext) -> Result<TlsStream<TcpStream
         ));
     };
     let name = crate::control::tls::server_name(&b.spec.host, ctx.tls_server_name.as_deref())
-        .map_err(|e| Ending::of(Cause::tls, e))?;
+        .map_err(|e| Ending::of(Cause::tls, e.to_string()))?;
     let timeout = ctx.settings.timeout;
     let mut connected = false;
     let work = async {
@@ -590,23 +572,5 @@ where
             r = &mut conn => return ended(r),
             () = sleep_until(next.into()) => {}
         }
-    }
-}
-
-fn hyper_cause(e: &hyper::Error) -> Cause {
-    use std::error::Error as _;
-    let mut source = e.source();
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<io::Error>() {
-            return io_cause(io);
-        }
-        source = s.source();
-    }
-    if e.is_parse_too_large() {
-        Cause::oversized
-    } else if e.is_incomplete_message() {
-        Cause::closed
-    } else {
-        Cause::protocol
     }
 }

@@ -13,12 +13,37 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme
 
 use crate::config::Config;
 
+/// Why a TLS setting is unusable; each message names what is at fault.
 #[derive(Debug, thiserror::Error)]
-#[error("{flag} {path}: {message}")]
-pub struct TlsError {
-    pub flag: &'static str,
-    pub path: String,
-    pub message: String,
+pub enum TlsError {
+    /// A flag's file (or the flag itself, with an empty path) is unusable.
+    #[error("{flag} {path}: {message}")]
+    File {
+        flag: &'static str,
+        path: String,
+        message: String,
+    },
+    /// PEM that does not parse.
+    #[error("{what}: invalid PEM: {reason}")]
+    Pem { what: String, reason: String },
+    /// PEM without a certificate.
+    #[error("{what}: no CERTIFICATE block found")]
+    NoCertificate { what: String },
+    /// PEM without a usable private key.
+    #[error("{what}: no usable private key: {reason}")]
+    Key { what: String, reason: String },
+    /// A CA certificate rustls cannot use.
+    #[error("not a usable CA certificate: {0}")]
+    Ca(String),
+    /// The crypto provider refused the protocol versions.
+    #[error("{0}")]
+    Provider(String),
+    /// A client certificate and key that cannot be used together.
+    #[error("the client certificate and key: {0}")]
+    ClientCert(String),
+    /// A name that is not a TLS server name.
+    #[error("`{name}` is not a valid TLS server name: {reason}")]
+    ServerName { name: String, reason: String },
 }
 
 pub fn provider() -> Arc<CryptoProvider> {
@@ -26,19 +51,27 @@ pub fn provider() -> Arc<CryptoProvider> {
 }
 
 /// Parses every CERTIFICATE block of PEM `bytes` (`what` names them in errors).
-pub fn parse_certs(what: &str, bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+pub fn parse_certs(what: &str, bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs: Vec<_> = CertificateDer::pem_slice_iter(bytes)
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("{what}: invalid PEM: {e}"))?;
+        .map_err(|e| TlsError::Pem {
+            what: what.to_string(),
+            reason: e.to_string(),
+        })?;
     if certs.is_empty() {
-        return Err(format!("{what}: no CERTIFICATE block found"));
+        return Err(TlsError::NoCertificate {
+            what: what.to_string(),
+        });
     }
     Ok(certs)
 }
 
 /// Parses the private key of PEM `bytes`.
-pub fn parse_key(what: &str, bytes: &[u8]) -> Result<PrivateKeyDer<'static>, String> {
-    PrivateKeyDer::from_pem_slice(bytes).map_err(|e| format!("{what}: no usable private key: {e}"))
+pub fn parse_key(what: &str, bytes: &[u8]) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(bytes).map_err(|e| TlsError::Key {
+        what: what.to_string(),
+        reason: e.to_string(),
+    })
 }
 
 /// A rustls client configuration trusting `roots`, presenting `client` if given.
@@ -46,20 +79,19 @@ pub fn client_config_with(
     roots: Vec<CertificateDer<'static>>,
     client: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
     alpn: &[&[u8]],
-) -> Result<Arc<ClientConfig>, String> {
+) -> Result<Arc<ClientConfig>, TlsError> {
     let mut store = RootCertStore::empty();
     for c in roots {
-        store
-            .add(c)
-            .map_err(|e| format!("not a usable CA certificate: {e}"))?;
+        store.add(c).map_err(|e| TlsError::Ca(e.to_string()))?;
     }
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(|e| TlsError::Provider(e.to_string()))?
         .with_root_certificates(store);
     let mut config = match client {
-        Some((chain, key)) => with_client_cert(builder, chain, key)
-            .map_err(|e| format!("the client certificate and key: {e}"))?,
+        Some((chain, key)) => {
+            with_client_cert(builder, chain, key).map_err(TlsError::ClientCert)?
+        }
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
@@ -133,7 +165,7 @@ fn x509_version(der: &[u8]) -> Option<u8> {
 }
 
 fn load_certs(flag: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let err = |message: String| TlsError {
+    let err = |message: String| TlsError::File {
         flag,
         path: path.display().to_string(),
         message,
@@ -163,7 +195,7 @@ fn load_certs(flag: &'static str, path: &Path) -> Result<Vec<CertificateDer<'sta
 pub fn client_config(cfg: &Config) -> Result<Arc<ClientConfig>, TlsError> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError {
+        .map_err(|e| TlsError::File {
             flag: "--ca-file",
             path: String::new(),
             message: e.to_string(),
@@ -174,7 +206,7 @@ pub fn client_config(cfg: &Config) -> Result<Arc<ClientConfig>, TlsError> {
             .with_custom_certificate_verifier(Arc::new(NoVerify(provider())))
     } else {
         let Some(ca) = cfg.ca_file.as_deref() else {
-            return Err(TlsError {
+            return Err(TlsError::File {
                 flag: "--ca-file",
                 path: String::new(),
                 message: "required unless --health-insecure-skip-verify".into(),
@@ -182,7 +214,7 @@ pub fn client_config(cfg: &Config) -> Result<Arc<ClientConfig>, TlsError> {
         };
         let mut roots = RootCertStore::empty();
         for c in load_certs("--ca-file", ca)? {
-            roots.add(c).map_err(|e| TlsError {
+            roots.add(c).map_err(|e| TlsError::File {
                 flag: "--ca-file",
                 path: ca.display().to_string(),
                 message: format!("not a usable CA certificate: {e}"),
@@ -193,12 +225,12 @@ pub fn client_config(cfg: &Config) -> Result<Arc<ClientConfig>, TlsError> {
     let mut config = match (&cfg.health_client_cert, &cfg.health_client_key) {
         (Some(cert), Some(key)) => {
             let chain = load_certs("--health-client-cert", cert)?;
-            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError {
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::File {
                 flag: "--health-client-key",
                 path: key.display().to_string(),
                 message: format!("cannot load a private key: {e}"),
             })?;
-            with_client_cert(builder, chain, key).map_err(|message| TlsError {
+            with_client_cert(builder, chain, key).map_err(|message| TlsError::File {
                 flag: "--health-client-cert",
                 path: cert.display().to_string(),
                 message,
@@ -211,10 +243,15 @@ pub fn client_config(cfg: &Config) -> Result<Arc<ClientConfig>, TlsError> {
 }
 
 /// The name to verify a server's certificate against.
-pub fn server_name(host: &str, override_name: Option<&str>) -> Result<ServerName<'static>, String> {
+pub fn server_name(
+    host: &str,
+    override_name: Option<&str>,
+) -> Result<ServerName<'static>, TlsError> {
     let name = override_name.unwrap_or(host);
-    ServerName::try_from(name.to_string())
-        .map_err(|e| format!("`{name}` is not a valid TLS server name: {e}"))
+    ServerName::try_from(name.to_string()).map_err(|e| TlsError::ServerName {
+        name: name.to_string(),
+        reason: e.to_string(),
+    })
 }
 
 /// `--health-insecure-skip-verify`: accepts any certificate, still checks signatures so the
@@ -351,7 +388,9 @@ mod tests {
 
         let (chain, key) = client_pair(true);
         assert_eq!(x509_version(chain[0].as_ref()), Some(1));
-        let e = client_config_with(Vec::new(), Some((chain, key)), &[]).unwrap_err();
+        let e = client_config_with(Vec::new(), Some((chain, key)), &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("X.509 version 1"), "{e}");
         assert!(!e.contains("does not fit"), "{e}");
     }
@@ -360,7 +399,9 @@ mod tests {
     fn a_key_of_another_certificate_is_named_as_such() {
         let (chain, _) = client_pair(false);
         let (_, other_key) = client_pair(false);
-        let e = client_config_with(Vec::new(), Some((chain, other_key)), &[]).unwrap_err();
+        let e = client_config_with(Vec::new(), Some((chain, other_key)), &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("the key does not fit the certificate"), "{e}");
     }
 
