@@ -1,3 +1,4 @@
+//! Unit tests of the server set: states, tokens, the witness rule, transitions counted.
 
 use super::*;
 
