@@ -25,6 +25,7 @@ pub mod proxy;
 pub mod reload;
 pub mod run;
 pub mod server;
+pub mod socket;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod util;

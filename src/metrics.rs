@@ -5,6 +5,8 @@
 //! server joins the set and removed when it leaves. This module does no I/O; the admin
 //! endpoint encodes the registry (and with it `process_metrics`, which reads `/proc`).
 
+use std::sync::LazyLock;
+
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -221,12 +223,12 @@ impl Metrics {
             "spliced_bytes",
             "Bytes of bulk transfers moved by splice(2), kernel to kernel, rather than through \
              apilb's memory (both directions, all servers; also counted in apilb_bytes)",
-            crate::proxy::splice::spliced_bytes().clone(),
+            spliced_bytes().clone(),
         );
         registry.register(
             "splice_pipes",
             "Pipes open for splice(2): held by transfers with bytes in flight, or pooled empty",
-            crate::proxy::splice::pipes_open().clone(),
+            pipes_open().clone(),
         );
         let m = Metrics {
             server_state: Family::default(),
@@ -532,11 +534,7 @@ impl Metrics {
             .inc();
     }
 
-    pub fn timed_out(&self, which: crate::proxy::copy::TimedOut) {
-        let timeout = match which {
-            crate::proxy::copy::TimedOut::HalfClosed => TimeoutKind::half_closed,
-            crate::proxy::copy::TimedOut::Idle => TimeoutKind::idle,
-        };
+    pub fn timed_out(&self, timeout: TimeoutKind) {
         self.timed_out
             .get_or_create(&TimeoutLabel { timeout })
             .inc();
@@ -564,4 +562,18 @@ pub struct ServerMetrics {
     pub ping_seconds: Histogram,
     pub readyz_seconds: Histogram,
     pub failover_closed: Counter,
+}
+
+static SPLICED: LazyLock<Counter> = LazyLock::new(Counter::default);
+static PIPES: LazyLock<Gauge> = LazyLock::new(Gauge::default);
+
+/// Bytes moved by splice(2) rather than through user space (both directions, all servers):
+/// process-wide, as the pipe pool is.
+pub fn spliced_bytes() -> &'static Counter {
+    &SPLICED
+}
+
+/// Pipes open now for splicing, in use or pooled.
+pub fn pipes_open() -> &'static Gauge {
+    &PIPES
 }

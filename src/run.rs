@@ -22,10 +22,10 @@ use crate::control::discovery::{self, Discovery};
 use crate::control::health::{self, HealthContext};
 use crate::metrics::Metrics;
 use crate::proxy::connect::RaceSettings;
-use crate::proxy::socket;
 use crate::proxy::workers::Workers;
 use crate::proxy::Proxy;
 use crate::reload;
+use crate::socket;
 
 /// The servers and what runs for each: applying a new set starts the health checker (and
 /// resolver) of every new server.

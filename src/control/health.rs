@@ -51,7 +51,7 @@ use crate::config::HealthSettings;
 use crate::control::backend::{Backend, Backends, State};
 use crate::control::goaway;
 use crate::control::judge::{describe, Cause, Judge, Observation};
-use crate::proxy::socket;
+use crate::socket;
 
 mod cause;
 use cause::{h2_cause, hyper_cause, io_cause};

@@ -38,7 +38,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use crate::control::backend::{Backend, ConnGuard, PassiveFailure};
 use crate::metrics::Metrics;
 use crate::proxy::copy::write_all;
-use crate::proxy::socket;
+use crate::socket;
 
 #[derive(Debug, Clone, Copy)]
 pub struct RaceSettings {

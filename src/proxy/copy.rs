@@ -32,8 +32,8 @@ use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-use crate::proxy::socket;
 use crate::proxy::splice::{self, Pipe};
+use crate::socket;
 
 /// Bytes read per system call. On the stack, inside `poll` only, never initialised.
 const CHUNK: usize = 64 * 1024;
@@ -261,7 +261,7 @@ impl<'a> OneWay<'a> {
                             burst: burst.saturating_add(u32::try_from(n).unwrap_or(u32::MAX)),
                         };
                         self.count(n);
-                        splice::spliced_bytes().inc_by(n as u64);
+                        crate::metrics::spliced_bytes().inc_by(n as u64);
                         continue;
                     }
                     Ok(Fill::NoPipe) => self.mode = Mode::Read,
@@ -415,7 +415,7 @@ mod tests {
         let (mut server_side, mut server_app) = pair().await;
         let (cu, cd) = (Counter::default(), Counter::default());
         let (up, down) = (cu.clone(), cd.clone());
-        let spliced_before = splice::spliced_bytes().get();
+        let spliced_before = crate::metrics::spliced_bytes().get();
         let proxy = tokio::spawn(async move {
             let none = Timeouts::default();
             bidirectional(&mut client_side, &mut server_side, &up, &down, &none).await
@@ -443,7 +443,7 @@ mod tests {
         assert_eq!(cd.get(), 16);
         // Past the threshold the bulk went through pipes (the counter is process-wide:
         // only this test moves that much here).
-        let spliced = splice::spliced_bytes().get() - spliced_before;
+        let spliced = crate::metrics::spliced_bytes().get() - spliced_before;
         assert!(spliced > 0, "nothing spliced");
         assert!(spliced <= payload.len() as u64 - SPLICE_AFTER, "{spliced}");
     }

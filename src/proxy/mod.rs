@@ -21,7 +21,6 @@ pub mod balance;
 pub mod connect;
 pub mod copy;
 pub mod hello;
-pub mod socket;
 pub mod splice;
 pub mod workers;
 
@@ -37,9 +36,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::control::backend::Backends;
 use crate::log_limit::LogLimit;
-use crate::metrics::{Listener, Metrics, RejectReason};
+use crate::metrics::{Listener, Metrics, RejectReason, TimeoutKind};
+use crate::socket;
 use connect::RaceSettings;
-use copy::{Ended, Timeouts};
+use copy::{Ended, TimedOut, Timeouts};
 use hello::Progress;
 
 /// Per-kind limits of the log lines a client can cause.
@@ -371,7 +371,10 @@ impl Proxy {
                         server = %backend.name, bytes_to_server = up, bytes_to_client = down,
                         "connection closed"),
                     Ok(Ended::TimedOut(which, (up, down))) => {
-                        self.metrics.timed_out(which);
+                        self.metrics.timed_out(match which {
+                            TimedOut::HalfClosed => TimeoutKind::half_closed,
+                            TimedOut::Idle => TimeoutKind::idle,
+                        });
                         tracing::debug!(client = %peer, server = %backend.name,
                             bytes_to_server = up, bytes_to_client = down, timeout = ?which,
                             "closing: the connection timed out");

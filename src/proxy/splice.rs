@@ -15,10 +15,8 @@ use std::io;
 use std::num::NonZeroU32;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{LazyLock, Mutex};
+use std::sync::Mutex;
 
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::gauge::Gauge;
 use rustix::pipe::{PipeFlags, SpliceFlags};
 use tokio::net::TcpStream;
 
@@ -31,18 +29,7 @@ const MAX_POOLED: usize = 16;
 const PIPE_SIZE: usize = 256 * 1024;
 
 static POOL: Pool = Pool::new(MAX_PIPES, MAX_POOLED, true);
-static SPLICED: LazyLock<Counter> = LazyLock::new(Counter::default);
-static PIPES: LazyLock<Gauge> = LazyLock::new(Gauge::default);
-
-/// Bytes moved by splice rather than through user space (both directions, all servers).
-pub fn spliced_bytes() -> &'static Counter {
-    &SPLICED
-}
-
-/// Pipes open now, in use or pooled.
-pub fn pipes_open() -> &'static Gauge {
-    &PIPES
-}
+use crate::metrics::pipes_open;
 
 /// A pipe from the process's pool, or a new one; `None` when `MAX_PIPES` are open or the
 /// system refuses one (the caller copies through user space then).
@@ -90,7 +77,7 @@ impl Pool {
                     Ok((r, w)) => {
                         let _ = rustix::pipe::fcntl_setpipe_size(&w, PIPE_SIZE);
                         if self.exported {
-                            PIPES.inc();
+                            pipes_open().inc();
                         }
                         (r, w)
                     }
@@ -124,7 +111,7 @@ impl Pool {
         drop(fds);
         self.open.fetch_sub(1, Ordering::Relaxed);
         if self.exported {
-            PIPES.dec();
+            pipes_open().dec();
         }
     }
 }
