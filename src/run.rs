@@ -218,10 +218,13 @@ fn proxy_listeners(
     Ok(out)
 }
 
-/// Signal handlers installed before anything else `apilb run` does (see `main`): SIGHUP's
-/// default action would end the process during start-up.
+/// Signal handlers installed before anything else `apilb run` does (see `main`): the default
+/// action of SIGHUP, SIGTERM or SIGINT would end the process during start-up (a SIGTERM
+/// between the admin endpoint's first answer and the main loop was a kill, not a drain).
 pub struct EarlySignals {
     hangup: Signal,
+    terminate: Signal,
+    interrupt: Signal,
 }
 
 impl EarlySignals {
@@ -230,6 +233,8 @@ impl EarlySignals {
     pub fn install() -> std::io::Result<EarlySignals> {
         Ok(EarlySignals {
             hangup: signal(SignalKind::hangup())?,
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
         })
     }
 }
@@ -370,8 +375,7 @@ pub async fn run(
 
     let ready = tokio::spawn(crate::notify::ready(backends.clone(), cfg.ready_timeout));
 
-    let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let (mut sigterm, mut sigint) = (early.terminate, early.interrupt);
     let reloader = tokio::spawn(
         Reloader {
             args,

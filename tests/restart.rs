@@ -232,6 +232,51 @@ fn sighup_during_start_up_does_not_kill() {
     }
 }
 
+/// A SIGTERM while apilb starts (a `systemctl stop` or a kubelet killing the pod right after
+/// a start) is a drain and a clean exit, never a kill by the signal's default action. apilb
+/// is blocked reading its config from a FIFO when the signal lands; it then finishes
+/// starting, drains and exits 0.
+#[test]
+fn sigterm_during_start_up_is_a_clean_exit() {
+    use std::io::Write;
+    let pki = Pki::new();
+    let s = Standin::start(&pki, [127, 0, 0, 2], "cp1");
+    let config = format!("server: [\"{}\"]\nca-file: {}\n", s.addr, pki.ca.display());
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("config.yaml");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: `c` is a NUL-terminated path that outlives the call.
+    #[allow(unsafe_code)]
+    let made = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
+    assert_eq!(made, 0);
+    let mut child = Reap(
+        Command::new(APILB)
+            .args(["run", "--config", fifo.to_str().unwrap()])
+            .args(["--listen", &free_port([127, 0, 0, 1]).to_string()])
+            .args(["--admin-listen", &free_port([127, 0, 0, 1]).to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // The open for writing returns once apilb has the FIFO open for reading: it is inside
+    // start-up, blocked on its config.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = fifo.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::fs::OpenOptions::new().write(true).open(path));
+    });
+    let mut writer = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("apilb never read its config")
+        .unwrap();
+    assert_eq!(send_signal(child.0.id() as i32, libc::SIGTERM), 0);
+    writer.write_all(config.as_bytes()).unwrap();
+    drop(writer);
+    let status = child.0.wait().unwrap();
+    assert!(status.success(), "{status}");
+}
+
 /// Kills and reaps a child on drop (a failed assertion leaves no process behind).
 struct Reap(Child);
 
