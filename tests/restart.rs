@@ -179,31 +179,8 @@ fn sighup_during_start_up_does_not_kill() {
     for round in 0..3 {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("config.yaml");
-        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-        // SAFETY: `c` is a NUL-terminated path that outlives the call.
-        #[allow(unsafe_code)]
-        let made = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
-        assert_eq!(made, 0);
         let admin = free_port([127, 0, 0, 1]);
-        let mut child = Command::new(APILB)
-            .args(["run", "--config", fifo.to_str().unwrap()])
-            .args(["--listen", &free_port([127, 0, 0, 1]).to_string()])
-            .args(["--admin-listen", &admin.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        // Returns once apilb has opened its config to read it (off the test's thread, so
-        // that an apilb that died first fails the test instead of hanging it).
-        let (tx, rx) = std::sync::mpsc::channel();
-        let path = fifo.clone();
-        std::thread::spawn(move || {
-            let _ = tx.send(std::fs::OpenOptions::new().write(true).open(path));
-        });
-        let mut writer = rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("apilb never read its config")
-            .unwrap();
+        let (mut child, mut writer) = start_blocked_on_fifo(&fifo, admin);
         assert_eq!(send_signal(child.id() as i32, libc::SIGHUP), 0);
         // Later reads (the reload, the change watch) find a plain file at the path.
         let plain = dir.path().join("plain.yaml");
@@ -244,37 +221,43 @@ fn sigterm_during_start_up_is_a_clean_exit() {
     let config = format!("server: [\"{}\"]\nca-file: {}\n", s.addr, pki.ca.display());
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("config.yaml");
-    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-    // SAFETY: `c` is a NUL-terminated path that outlives the call.
-    #[allow(unsafe_code)]
-    let made = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
-    assert_eq!(made, 0);
-    let mut child = Reap(
-        Command::new(APILB)
-            .args(["run", "--config", fifo.to_str().unwrap()])
-            .args(["--listen", &free_port([127, 0, 0, 1]).to_string()])
-            .args(["--admin-listen", &free_port([127, 0, 0, 1]).to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    // The open for writing returns once apilb has the FIFO open for reading: it is inside
-    // start-up, blocked on its config.
-    let (tx, rx) = std::sync::mpsc::channel();
-    let path = fifo.clone();
-    std::thread::spawn(move || {
-        let _ = tx.send(std::fs::OpenOptions::new().write(true).open(path));
-    });
-    let mut writer = rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("apilb never read its config")
-        .unwrap();
+    let (child, mut writer) = start_blocked_on_fifo(&fifo, free_port([127, 0, 0, 1]));
+    let mut child = Reap(child);
     assert_eq!(send_signal(child.0.id() as i32, libc::SIGTERM), 0);
     writer.write_all(config.as_bytes()).unwrap();
     drop(writer);
     let status = child.0.wait().unwrap();
     assert!(status.success(), "{status}");
+}
+
+/// Starts `apilb run` with its config at a new FIFO `fifo` and returns once apilb has the
+/// FIFO open for reading: it is inside start-up, blocked on its config, until the returned
+/// writer gives it one. The open for writing runs off the test's thread, so that an apilb
+/// that died first fails the test instead of hanging it.
+fn start_blocked_on_fifo(fifo: &std::path::Path, admin: SocketAddr) -> (Child, std::fs::File) {
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: `c` is a NUL-terminated path that outlives the call.
+    #[allow(unsafe_code)]
+    let made = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
+    assert_eq!(made, 0);
+    let child = Command::new(APILB)
+        .args(["run", "--config", fifo.to_str().unwrap()])
+        .args(["--listen", &free_port([127, 0, 0, 1]).to_string()])
+        .args(["--admin-listen", &admin.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = fifo.to_path_buf();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::fs::OpenOptions::new().write(true).open(path));
+    });
+    let writer = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("apilb never read its config")
+        .unwrap();
+    (child, writer)
 }
 
 /// Kills and reaps a child on drop (a failed assertion leaves no process behind).
