@@ -379,3 +379,68 @@ async fn panic_mode_follows_health_without_client_traffic() {
         .await;
     assert_eq!(lb.state_of(s[1].addr).await, "ready");
 }
+
+/// The kubelet rotates its client certificate by re-pointing `kubelet-client-current.pem`
+/// at a new file. apilb's health checks present the new one from their next connection on;
+/// read only at start, they would keep presenting one the node has replaced (and, a year
+/// on, an expired one that a restarted apiserver refuses: a healthy server read as down).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_follow_a_rotated_client_certificate() {
+    let pki = Pki::new();
+    let mut s = Standin::start_opts(&pki, free_port([127, 0, 0, 2]), "cp1", true);
+    let dir = tempfile::tempdir().unwrap();
+    let (c1, k1) = pki.issue_client("system:node:test-node");
+    let (c2, k2) = pki.issue_client("system:node:test-node");
+    std::fs::write(dir.path().join("a.pem"), format!("{c1}{k1}")).unwrap();
+    std::fs::write(dir.path().join("b.pem"), format!("{c2}{k2}")).unwrap();
+    let current = dir.path().join("kubelet-client-current.pem");
+    std::os::unix::fs::symlink("a.pem", &current).unwrap();
+    let cur = current.to_str().unwrap();
+    let lb = Apilb::start(
+        &pki,
+        &[&s],
+        &[
+            "--health-client-cert",
+            cur,
+            "--health-client-key",
+            cur,
+            "--health-readyz-interval",
+            "100ms",
+        ],
+    );
+    lb.wait_all_ready(&[&s]);
+    let presented = |s: &Standin| {
+        let (addr, pki) = (s.addr, pki.share());
+        async move {
+            let (code, body) = request(addr, &pki, "GET", "/-/last-readyz-client", true)
+                .await
+                .unwrap();
+            assert_eq!(code, 200, "{body}");
+            let v: serde_json::Value = serde_json::from_str(body.trim()).unwrap();
+            v["client_fp"].as_u64().unwrap()
+        }
+    };
+    assert_eq!(presented(&s).await, cert_fp(&c1));
+
+    // The kubelet's rotation: the symlink re-pointed in one rename.
+    let tmp = dir.path().join("tmp-link");
+    std::os::unix::fs::symlink("b.pem", &tmp).unwrap();
+    std::fs::rename(&tmp, &current).unwrap();
+    // The server restarts: apilb's health check connects (and shakes hands) again.
+    s.restart();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let fp = presented(&s).await;
+        if fp == cert_fp(&c2) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the health checks still present {} (the certificate before the rotation: {})",
+            fp,
+            cert_fp(&c1)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    lb.wait_all_ready(&[&s]);
+}

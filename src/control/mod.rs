@@ -7,7 +7,8 @@
 //! * `judge`: the pure verdict machine: an observation in, a state transition out;
 //! * `goaway`: seeing a GOAWAY on the health connection as it arrives;
 //! * `discovery`: the cluster's own list of apiservers, merged with the configured one;
-//! * `tls`: certificates and TLS settings of the health checks and discovery.
+//! * `tls`: certificates and TLS settings of the health checks and discovery;
+//! * `client_cert`: the health checks' client certificate, re-read as the kubelet rotates it.
 //!
 //! # What this part must not do
 //!
@@ -15,6 +16,7 @@
 //! (`proxy`): it closes connections only through the tokens in `backend`.
 
 pub mod backend;
+pub mod client_cert;
 pub mod discovery;
 pub mod goaway;
 pub mod health;

@@ -1,6 +1,8 @@
 //! TLS for apilb's own health checks: the CA bundle and optional client certificate (loaded
 //! with rustls-pki-types' `PemObject`), and the rustls client configuration (ALPN h2, then
 //! http/1.1). Client traffic never touches this: apilb does not terminate clients' TLS.
+//! The client certificate is checked here at start, then followed on disk by
+//! `client_cert` (the kubelet rotates it).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,6 +14,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use crate::config::Config;
+use crate::control::client_cert::RotatingClientCert;
 
 /// Why a TLS setting is unusable; each message names what is at fault.
 #[derive(Debug, thiserror::Error)]
@@ -223,18 +226,24 @@ pub fn client_config(cfg: &Config) -> Result<Arc<ClientConfig>, TlsError> {
         builder.with_root_certificates(roots)
     };
     let mut config = match (&cfg.health_client_cert, &cfg.health_client_key) {
-        (Some(cert), Some(key)) => {
+        (Some(cert), Some(key_path)) => {
             let chain = load_certs("--health-client-cert", cert)?;
-            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::File {
+            let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| TlsError::File {
                 flag: "--health-client-key",
-                path: key.display().to_string(),
+                path: key_path.display().to_string(),
                 message: format!("cannot load a private key: {e}"),
             })?;
-            with_client_cert(builder, chain, key).map_err(|message| TlsError::File {
+            let fault = |message| TlsError::File {
                 flag: "--health-client-cert",
                 path: cert.display().to_string(),
                 message,
-            })?
+            };
+            // The start's check, whose errors name the fix; then the pair is followed on
+            // disk as the kubelet rotates it.
+            with_client_cert(builder.clone(), chain.clone(), key.clone_key()).map_err(fault)?;
+            let rotating = RotatingClientCert::new(cert, key_path, chain, key, provider())
+                .map_err(|e| fault(format!("the certificate and key cannot be used: {e}")))?;
+            builder.with_client_cert_resolver(Arc::new(rotating))
         }
         _ => builder.with_no_client_auth(),
     };

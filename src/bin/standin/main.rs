@@ -39,6 +39,8 @@
 //!   now on, with a header of `M` bytes (an oversized response head) if given.
 //! * `PUT /-/goaway`: send GOAWAY on every HTTP/2 connection open now, and stay up (as
 //!   kube-apiserver's `--goaway-chance` or an idle timeout do).
+//! * `GET /-/last-readyz-client`: `{"client_fp":N}`, the FNV-1a of the client certificate
+//!   the last `GET /readyz` came with (0: none): which certificate a health check presented.
 //! * `GET /whoami`: `{"server":<name>,"client_cert":<bool>,"alpn":"h2"|"http/1.1"}` + `\n`.
 //! * `POST /echo`: streams the request body back unchanged.
 //! * `GET /bytes?n=N`: exactly `N` bytes, byte `i` being `i % 251`, streamed.
@@ -152,6 +154,8 @@ struct Shared {
     api_dir: Option<PathBuf>,
     /// Who last read the API paths: client certificate fingerprint and Authorization.
     last_api_client: std::sync::Mutex<String>,
+    /// The client certificate fingerprint of the last `GET /readyz` (0: none).
+    last_readyz_client: std::sync::atomic::AtomicU64,
 }
 
 /// Facts about one TLS connection, used by `/whoami`.
@@ -213,6 +217,7 @@ async fn run(args: Args) -> Result<()> {
         goaway: std::sync::Mutex::new(CancellationToken::new()),
         api_dir: args.api_dir.clone(),
         last_api_client: std::sync::Mutex::new(String::new()),
+        last_readyz_client: std::sync::atomic::AtomicU64::new(0),
     });
 
     let tracker = TaskTracker::new();

@@ -18,6 +18,9 @@ pub(crate) fn route(req: Request<Incoming>, shared: &Shared, info: ConnInfo) -> 
     let query = req.uri().query().unwrap_or("");
     match path {
         "/readyz" => {
+            shared
+                .last_readyz_client
+                .store(info.client_fp, Ordering::Relaxed);
             if shared.terminating.load(Ordering::Relaxed) {
                 return text(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -91,6 +94,10 @@ pub(crate) fn route(req: Request<Incoming>, shared: &Shared, info: ConnInfo) -> 
         "/api/v1/namespaces/default/endpoints/kubernetes" => {
             api_object(shared, "endpoints.json", &req, info)
         }
+        "/-/last-readyz-client" => json(format!(
+            "{{\"client_fp\":{}}}\n",
+            shared.last_readyz_client.load(Ordering::Relaxed)
+        )),
         "/-/last-api-client" => json(
             shared
                 .last_api_client
