@@ -18,6 +18,9 @@ COLOR = {"nginx": "#7f9fbf", "haproxy": "#c9a66b", "apilb": "#2e8b57"}
 def main(src: str, dst: str) -> None:
     res = json.load(open(src))
     panels = [k for k in ("throughput", "memory", "failover") if k in res]
+    if not panels:  # e.g. `bench/run --only node`: its table is the report
+        print("nothing to chart: no throughput, memory or failover results", file=sys.stderr)
+        return
     widths = {"throughput": 1.0, "memory": 0.6, "failover": 1.5}
     fig, axes = plt.subplots(1, len(panels), figsize=(sum(6.2 * widths[p] for p in panels), 5.6),
                              squeeze=False, gridspec_kw={"width_ratios": [widths[p] for p in panels]})
