@@ -14,8 +14,10 @@
 //!   apiserver turns a spike into an outage), liveness on admin `/healthz` (the process
 //!   answers; never the servers' state, so an outage of every control plane does not
 //!   restart apilb in a loop) and readiness on admin `/readyz`, both on the admin address.
-//!   Least privilege: uid/gid 65532, non-root, read-only root filesystem, every capability
-//!   dropped, no privilege escalation, seccomp `RuntimeDefault`. Port 6443 is above 1024,
+//!   Least privilege: uid/gid 65532, non-root (uid 0 only to read a root-only key of the
+//!   kubelet's: discovery's, or a health client key under its certificate directory),
+//!   read-only root filesystem, every capability dropped, no privilege escalation, seccomp
+//!   `RuntimeDefault`. Port 6443 is above 1024,
 //!   so binding it needs no capability. The CA and client certificate are mounted
 //!   read-only from the host at the same paths (`hostPath` of type `File`: a missing file
 //!   stops the pod with a clear event instead of mounting an empty directory). The health
@@ -111,6 +113,18 @@ pub struct Plan {
     pub discovery: Option<DiscoveryPlan>,
     /// Warnings for standard error.
     pub warnings: Vec<String>,
+}
+
+impl Plan {
+    /// apilb reads a root-only key of the kubelet's: discovery's, or the health checks'
+    /// client key under the kubelet's certificate directory.
+    pub fn reads_kubelet_key(&self) -> bool {
+        self.discovery.is_some()
+            || self
+                .health_client
+                .as_ref()
+                .is_some_and(|(_, key)| key.starts_with(KUBELET_PKI))
+    }
 }
 
 /// Builds the plan from the flags. `kubespray_defaults` are the nginx and HAProxy paths
@@ -286,7 +300,18 @@ pub fn plan(a: &ManifestArgs, kubespray_defaults: (&Path, &Path)) -> Result<Plan
                 .to_string(),
         );
     }
-    if cfg.health_client_key.is_some() && !a.systemd && discovery.is_none() {
+    let kubelet_key = cfg
+        .health_client_key
+        .as_ref()
+        .is_some_and(|k| k.starts_with(KUBELET_PKI));
+    if kubelet_key && !a.systemd && discovery.is_none() {
+        warnings.push(format!(
+            "--health-client-key: the kubelet's own key is root-only, so apilb runs as uid 0 \
+             with every capability dropped (its owner reads a root-owned 0600 file without \
+             CAP_DAC_OVERRIDE); {KUBELET_PKI} is mounted read-only, and the kubelet's \
+             rotations are followed"
+        ));
+    } else if cfg.health_client_key.is_some() && !a.systemd && discovery.is_none() {
         warnings.push(format!(
             "--health-client-key: the static pod runs as uid {UID}, so the key file on the node \
              must be readable by that uid (a root-only 0600 key is not). Copy it and `chown \

@@ -95,8 +95,9 @@ pub fn static_pod(plan: &Plan, command: &str) -> String {
             ])
         })
         .collect();
-    // Discovery reads the kubelet's root-only key: uid 0, but still without any capability.
-    let uid: u64 = if plan.discovery.is_some() {
+    // Discovery, and health checks presenting the kubelet's own client certificate, read
+    // the kubelet's root-only key: uid 0, but still without any capability.
+    let uid: u64 = if plan.reads_kubelet_key() {
         0
     } else {
         UID.into()

@@ -162,6 +162,13 @@ fn manifest_client_cert_mounts_and_custom_admin() {
     assert_eq!(c["volumeMounts"].as_sequence().unwrap().len(), 2);
     assert_eq!(pod["spec"]["volumes"].as_sequence().unwrap().len(), 2);
     assert_eq!(c["volumeMounts"][1]["mountPath"], "/var/lib/kubelet/pki");
+    // The kubelet's key is root-only: uid 0, every capability still dropped.
+    assert_eq!(pod["spec"]["securityContext"]["runAsUser"], 0);
+    assert_eq!(pod["spec"]["securityContext"]["runAsNonRoot"], false);
+    assert_eq!(
+        c["securityContext"]["capabilities"]["drop"][0], "ALL",
+        "{text}"
+    );
     assert!(
         text.contains("- --health-client-key=/var/lib/kubelet/pki/kubelet-client-current.pem\n")
     );
