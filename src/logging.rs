@@ -6,20 +6,123 @@
 //! to tracing-subscriber, whose fallback on a failed write is `eprintln!`, which panics when
 //! stderr fails (fatal under `panic = "abort"`); `src/main.rs` also turns that fallback off.
 //!
-//! Owns the writer and the process-wide counter. Logging starts before the metric registry
-//! exists, so the counter lives here and `Metrics` registers a handle to it.
+//! A stderr that takes nothing and does not fail — its reader alive but not reading (a log
+//! collector or journald stalled), a pipe full — would block every thread that logs, the
+//! data plane's workers included. So `apilb run` hands its lines to a writer thread of
+//! their own ([`write_from_a_thread`]) through a queue of at most [`BACKLOG_LINES`]; a
+//! line that finds the queue full is dropped and counted in `apilb_log_lines_dropped_total`.
+//! Only that thread ever waits on stderr. Before exiting, [`flush`] gives the queue a
+//! bounded time to drain, so the last lines (the error that ends apilb) are not lost.
+//!
+//! Owns the writer, its thread and the process-wide counters. Logging starts before the
+//! metric registry exists, so the counters live here and `Metrics` registers handles to
+//! them.
 
 use std::io::{self, Write};
-use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::{Arc, Condvar, LazyLock, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
 use tracing_subscriber::fmt::MakeWriter;
 
 static WRITE_ERRORS: LazyLock<Counter> = LazyLock::new(Counter::default);
+static DROPPED: LazyLock<Counter> = LazyLock::new(Counter::default);
+static QUEUE: OnceLock<Queue> = OnceLock::new();
+
+/// The most lines waiting for stderr: a stalled stderr costs at most this many lines of
+/// memory (a few hundred KiB), then lines are dropped and counted.
+pub const BACKLOG_LINES: usize = 1024;
 
 /// Log lines dropped because stderr could not take them (one per line, since start).
 pub fn write_errors() -> &'static Counter {
     &WRITE_ERRORS
+}
+
+/// Log lines dropped because [`BACKLOG_LINES`] were already waiting for stderr.
+pub fn lines_dropped() -> &'static Counter {
+    &DROPPED
+}
+
+/// The queue to the writer thread, and how far the thread got.
+struct Queue {
+    tx: SyncSender<Vec<u8>>,
+    /// Lines queued since start.
+    queued: AtomicU64,
+    /// Lines the thread is done with (written or failed), and a wake-up for [`flush`].
+    done: Arc<(Mutex<u64>, Condvar)>,
+}
+
+/// From now on, log lines are written by a thread of their own (see the module doc).
+/// Returns false, and lines go on being written by whoever logs them, if the thread could
+/// not be started or already was.
+pub fn write_from_a_thread() -> bool {
+    if QUEUE.get().is_some() {
+        return false;
+    }
+    let (tx, rx) = sync_channel::<Vec<u8>>(BACKLOG_LINES);
+    let done = Arc::new((Mutex::new(0u64), Condvar::new()));
+    let progress = done.clone();
+    let started = std::thread::Builder::new()
+        .name("apilb-log".into())
+        .spawn(move || {
+            for line in rx {
+                write_line(&mut io::stderr(), &line);
+                let (count, wake) = &*progress;
+                *count.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+                wake.notify_all();
+            }
+        });
+    started.is_ok()
+        && QUEUE
+            .set(Queue {
+                tx,
+                queued: AtomicU64::new(0),
+                done,
+            })
+            .is_ok()
+}
+
+/// Waits, at most `timeout`, until every line queued so far has been written (or failed).
+/// Without a writer thread there is nothing to wait for.
+pub fn flush(timeout: Duration) {
+    let Some(q) = QUEUE.get() else {
+        return;
+    };
+    let want = q.queued.load(Ordering::SeqCst);
+    let deadline = Instant::now() + timeout;
+    let (count, wake) = &*q.done;
+    let mut done = count.lock().unwrap_or_else(PoisonError::into_inner);
+    while *done < want {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        done = wake
+            .wait_timeout(done, left)
+            .unwrap_or_else(PoisonError::into_inner)
+            .0;
+    }
+}
+
+/// One whole line: to the writer thread's queue (dropped and counted when it is full), or
+/// straight to stderr before that thread starts.
+fn emit(line: &[u8]) {
+    let Some(q) = QUEUE.get() else {
+        write_line(&mut io::stderr(), line);
+        return;
+    };
+    match q.tx.try_send(line.to_vec()) {
+        Ok(()) => {
+            q.queued.fetch_add(1, Ordering::SeqCst);
+        }
+        Err(TrySendError::Full(_)) => {
+            DROPPED.inc();
+        }
+        // The thread is gone (it never panics; this is only defence): write it here.
+        Err(TrySendError::Disconnected(_)) => write_line(&mut io::stderr(), line),
+    }
 }
 
 /// Writes one whole line to `out`; on failure counts it and drops it. Never fails.
@@ -46,12 +149,12 @@ impl<'a> MakeWriter<'a> for Stderr {
 
 impl Write for StderrLine {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        write_line(&mut io::stderr(), buf);
+        emit(buf);
         Ok(buf.len())
     }
 
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        write_line(&mut io::stderr(), buf);
+        emit(buf);
         Ok(())
     }
 
@@ -158,7 +261,7 @@ mod tests {
     }
 
     /// Records one event through `JsonLines::object`.
-    struct Capture(std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>);
+    struct Capture(Arc<Mutex<Vec<serde_json::Value>>>);
 
     impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
         fn on_event(
@@ -174,7 +277,7 @@ mod tests {
     #[test]
     fn json_lists_are_arrays_and_the_rest_stays_text() {
         use tracing_subscriber::layer::SubscriberExt;
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = Arc::new(Mutex::new(Vec::new()));
         let sub = tracing_subscriber::registry().with(Capture(seen.clone()));
         tracing::subscriber::with_default(sub, || {
             let servers = vec!["10.0.0.1:6443".to_string(), "[fd00::1]:6443".to_string()];

@@ -108,10 +108,15 @@ fn main() -> ExitCode {
                 print_error(e);
                 return ExitCode::from(2);
             }
+            // From here on no thread but the log writer's ever waits on stderr.
+            logging::write_from_a_thread();
             let result = rt.block_on(run::run(*args, cfg, file_bytes, early));
             // A config read still stuck in a hung file system (a reload gave up on it) must
             // not hold the exit: dropping the runtime would wait for it.
             rt.shutdown_timeout(std::time::Duration::from_secs(1));
+            // The last lines out before the exit (and before the error below), unless
+            // stderr is stalled.
+            logging::flush(std::time::Duration::from_secs(2));
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

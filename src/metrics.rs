@@ -220,6 +220,12 @@ impl Metrics {
             crate::logging::write_errors().clone(),
         );
         registry.register(
+            "log_lines_dropped",
+            "Log lines dropped because 1,024 were already waiting for stderr (its reader \
+             alive but not reading): apilb never waits on its log",
+            crate::logging::lines_dropped().clone(),
+        );
+        registry.register(
             "spliced_bytes",
             "Bytes of bulk transfers moved by splice(2), kernel to kernel, rather than through \
              apilb's memory (both directions, all servers; also counted in apilb_bytes)",

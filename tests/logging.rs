@@ -200,6 +200,62 @@ async fn stderr_on_a_full_disk_is_not_fatal() {
     lb.assert_alive();
 }
 
+/// A stderr whose reader is alive but reads nothing (a stalled log collector or journald):
+/// a pipe of one page, never read. Writing a line would block for good. apilb gets ready,
+/// proxies connection after connection (each logs at debug, on the worker that serves it)
+/// and answers its admin endpoint, while the lines that find the backlog full are dropped
+/// and counted. Once the reader reads again, lines flow: the writer thread was only
+/// waiting. Without the writer thread the first full page blocks apilb at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stderr_reader_stalled_blocks_nothing() {
+    let pki = Pki::new();
+    let s = Standin::start(&pki, [127, 0, 0, 4], "cp3");
+    let (read, write) = pipe();
+    rustix::pipe::fcntl_setpipe_size(&write, 4096).unwrap();
+    let mut lb = Run::start(&pki, &s, Stdio::from(write));
+    lb.wait_ready().await;
+    let dropped = |body: &str| {
+        body.lines()
+            .find_map(|l| l.strip_prefix("apilb_log_lines_dropped_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    // Connections until the backlog has overflowed: every one of them proxied meanwhile.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        for _ in 0..20 {
+            lb.assert_proxies(&pki, "cp3").await;
+        }
+        let (_, body) = lb.admin_get("/metrics").await.expect("/metrics answers");
+        if dropped(&body).is_some_and(|n| n > 0.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no log line dropped after a minute of connections with stderr stalled: {}",
+            summary(Some(&(200, body)))
+        );
+    }
+    // The reader reads again, to the end (apilb killed): the lines that waited — at most
+    // the backlog, a page of the pipe and the one being written — then new ones.
+    let reader = tokio::task::spawn_blocking(move || {
+        BufReader::new(std::fs::File::from(read))
+            .lines()
+            .map_while(Result::ok)
+            .count()
+    });
+    for _ in 0..400 {
+        lb.assert_proxies(&pki, "cp3").await;
+    }
+    lb.assert_alive();
+    drop(lb);
+    let waited = 1024 + 4096 / 64 + 1;
+    let read = reader.await.unwrap();
+    assert!(
+        read > waited + 100,
+        "{read} lines read: no more than waited, so none arrived after the reader came back"
+    );
+}
+
 /// `apilb run` with `args`, stderr on /dev/full, to its end: how it ended.
 fn exit_with_full_stderr(args: &[&str]) -> std::process::ExitStatus {
     let full = std::fs::OpenOptions::new()
