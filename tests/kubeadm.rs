@@ -312,6 +312,46 @@ fn kubeadm_post_join_dry_run_changes_nothing_and_shows_the_diff() {
         .exists());
 }
 
+/// Nobody reads what post-join prints (`| head -1` that has exited, a closed stdout and
+/// stderr): it still does every step — waits, backs up, rewrites, restarts — and exits 0.
+/// `println!` would panic at its first line and abort the command between two steps.
+#[test]
+fn kubeadm_post_join_finishes_its_steps_when_nobody_reads_its_output() {
+    let pki = Pki::new();
+    let s = Standin::start(&pki, [127, 0, 0, 3], "cp2");
+    let lb = Apilb::start(&pki, &[&s], &[]);
+    let node = Node::new(&pki, &format!("https://{}", s.addr));
+    let server = format!("https://{}", lb.listen);
+    let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+    drop(read); // every write to it fails (EPIPE)
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let status = Command::new(APILB)
+        .args(["kubeadm", "post-join", "--kubeconfig"])
+        .arg(node.kubelet_conf())
+        .args([
+            "--server",
+            &server,
+            "--admin-url",
+            &format!("http://{}", lb.admin),
+        ])
+        .args([
+            "--timeout",
+            "20s",
+            "--restart-command",
+            &node.restart_command(),
+        ])
+        .stdout(std::process::Stdio::from(write))
+        .stderr(full)
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{status}");
+    assert!(node.read_conf().contains(&format!("server: {server}\n")));
+    assert_eq!(node.calls(), "restart kubelet\n");
+}
+
 /// A missing file is bad input, exit code 2, for every command that reads a kubeconfig.
 #[test]
 fn a_missing_kubeconfig_is_exit_code_2_everywhere() {

@@ -29,6 +29,7 @@
 //! A failed restart is reported with what was already changed, so the operator knows
 //! kubelet.conf is rewritten and only the restart is left to do.
 
+use crate::util::out::{out, outln};
 use std::process::Command;
 use std::time::Instant;
 
@@ -64,8 +65,8 @@ pub async fn post_join(a: &PostJoinArgs) -> anyhow::Result<()> {
     let outcome = kubeconfig::rewrite(&text, &source, &opts).map_err(for_post_join)?;
     let (new_text, changes) = match outcome {
         Outcome::Unchanged { reason } => {
-            println!("{reason}");
-            println!(
+            outln!("{reason}");
+            outln!(
                 "{source}: already rewritten; kubelet not restarted. (If a previous run could not \
                  restart it, run: {})",
                 a.restart_command
@@ -77,19 +78,19 @@ pub async fn post_join(a: &PostJoinArgs) -> anyhow::Result<()> {
 
     if a.dry_run {
         for c in &changes {
-            println!("{source}: {c}");
+            outln!("{source}: {c}");
         }
-        print!(
+        out!(
             "{}",
             crate::util::diff::unified_diff(&source, &text, &new_text)
         );
-        println!("dry run: {source} not written, kubelet not restarted");
+        outln!("dry run: {source} not written, kubelet not restarted");
         return Ok(());
     }
 
     let started = Instant::now();
     kubeconfig::cmd::wait_ready("post-join", &a.admin_url, a.timeout).await?;
-    println!(
+    outln!(
         "apilb at {} has a ready server (waited {:.1}s)",
         a.admin_url,
         started.elapsed().as_secs_f64()
@@ -97,26 +98,26 @@ pub async fn post_join(a: &PostJoinArgs) -> anyhow::Result<()> {
 
     let backup = kubeconfig::backup(path)?;
     if let Some(older) = &backup.previous {
-        println!(
+        outln!(
             "{source}: an older, different backup moved to {}",
             older.display()
         );
     }
-    println!("{source}: original kept as {}", backup.path.display());
+    outln!("{source}: original kept as {}", backup.path.display());
     kubeconfig::write_atomic(path, new_text.as_bytes())?;
     for c in &changes {
-        println!("{source}: {c}");
+        outln!("{source}: {c}");
     }
 
     if a.no_restart {
-        println!(
+        outln!(
             "kubelet not restarted (--no-restart); it reads {source} only when it starts, so \
              restart it to take the change"
         );
     } else {
         restart(&a.restart_command, &source)?;
     }
-    println!(
+    outln!(
         "Next, once per cluster (not per node), point kube-proxy at apilb:\n  kubectl -n \
          kube-system get cm kube-proxy -o yaml | apilb kubeconfig rewrite --configmap-key \
          kubeconfig.conf - | kubectl apply -f -\n  kubectl -n kube-system rollout restart \
@@ -169,9 +170,9 @@ fn restart(command: &str, source: &str) -> anyhow::Result<()> {
             }
         );
     }
-    println!("restarted kubelet: `{command}` succeeded");
+    outln!("restarted kubelet: `{command}` succeeded");
     for line in said(&out.stdout).lines().chain(said(&out.stderr).lines()) {
-        println!("  {line}");
+        outln!("  {line}");
     }
     Ok(())
 }

@@ -3,4 +3,5 @@
 
 pub mod atomic_file;
 pub mod diff;
+pub mod out;
 pub mod yaml;

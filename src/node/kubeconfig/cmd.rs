@@ -3,6 +3,7 @@
 //! prints a diff for `--dry-run`, keeps a backup, and writes atomically. Every failure leaves
 //! the file untouched.
 
+use crate::util::out::errln;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -66,14 +67,14 @@ fn finish(
     let to_stdout = file == Path::new("-");
     match outcome {
         Outcome::Unchanged { reason } => {
-            eprintln!("{source}: unchanged: {reason}");
+            errln!("{source}: unchanged: {reason}");
             if to_stdout {
                 std::io::stdout().write_all(old.as_bytes())?;
             }
         }
         Outcome::Changed { text, changes } => {
             for c in &changes {
-                eprintln!("{source}: {c}");
+                errln!("{source}: {c}");
             }
             if dry_run {
                 std::io::stdout()
@@ -84,12 +85,12 @@ fn finish(
                 if backup {
                     let b = kubeconfig::backup(file)?;
                     if let Some(older) = &b.previous {
-                        eprintln!("{source}: the older backup moved to {}", older.display());
+                        errln!("{source}: the older backup moved to {}", older.display());
                     }
-                    eprintln!("{source}: original kept as {}", b.path.display());
+                    errln!("{source}: original kept as {}", b.path.display());
                 }
                 kubeconfig::write_atomic(file, text.as_bytes())?;
-                eprintln!("{source}: written");
+                errln!("{source}: written");
             }
         }
     }
