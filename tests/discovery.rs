@@ -184,22 +184,8 @@ async fn failing_with(lb: &Apilb, want: &str) -> serde_json::Value {
     .await
 }
 
-/// Successful discovery rounds so far.
-async fn rounds_ok(lb: &Apilb) -> f64 {
-    lb.metric("apilb_discovery_attempts_total", &["result=\"ok\""])
-        .await
-}
-
-/// Waits until at least `n` discovery rounds have succeeded.
-async fn wait_rounds_ok(lb: &Apilb, n: f64) {
-    lb.metric_at_least(
-        "apilb_discovery_attempts_total",
-        &["result=\"ok\""],
-        n,
-        Duration::from_secs(10),
-    )
-    .await;
-}
+const ROUNDS: &str = "apilb_discovery_attempts_total";
+const OK: &[&str] = &["result=\"ok\""];
 
 async fn sources(lb: &Apilb) -> Vec<(String, String, bool)> {
     let st = lb.status().await;
@@ -471,8 +457,9 @@ async fn rotated_client_certificate_is_used_by_the_next_request() {
     write_pair(c.api.path(), &new_cert, &new_key);
     // A round under way may have read the old files; the second one to end after this
     // point began after the rotation.
-    let base = rounds_ok(&lb).await;
-    wait_rounds_ok(&lb, base + 2.0).await;
+    let base = lb.metric(ROUNDS, OK).await;
+    lb.metric_at_least(ROUNDS, OK, base + 2.0, Duration::from_secs(10))
+        .await;
     assert_eq!(last(&cp1).await, cert_fp(&new_cert));
 }
 
@@ -560,7 +547,8 @@ async fn logs_never_contain_tokens_or_keys() {
         .collect(),
         None,
     );
-    wait_rounds_ok(&lb, 1.0).await;
+    lb.metric_at_least(ROUNDS, OK, 1.0, Duration::from_secs(10))
+        .await;
     // The request really carried the token.
     let (_, body) = request(cp1.addr, &c.pki, "GET", "/-/last-api-client", false)
         .await
