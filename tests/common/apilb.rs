@@ -347,7 +347,12 @@ impl Apilb {
     ) -> Value {
         let deadline = Instant::now() + timeout;
         loop {
-            let st = self.status().await;
+            // Not answering (apilb gone) is "not seen", with the reason shown at the end.
+            let st = match admin_get_at(self.admin, "/status").await {
+                Ok((200, body)) => serde_json::from_str(&body).unwrap_or(Value::String(body)),
+                Ok((code, _)) => Value::String(format!("/status answered {code}")),
+                Err(e) => Value::String(format!("/status: {e}")),
+            };
             if pred(&st) {
                 return st;
             }
