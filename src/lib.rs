@@ -8,7 +8,8 @@
 //! * `node`: node tooling: `apilb kubeconfig`, `kubeadm post-join`, `manifest`, kubespray;
 //! * `util`: small shared tools (atomic files, the YAML 1.1 emitter, diffs);
 //! * at the top: `cli` (flags), `config` (settings), `run` (lifecycle), `metrics`,
-//!   `logging`, `notify` (sd_notify);
+//!   `transitions` (the recent state changes `/status` shows), `logging`, `notify`
+//!   (sd_notify);
 //! * `testing`: test-only code (the fuzz entry points), behind the `testing` feature.
 
 pub mod admin;
@@ -28,4 +29,5 @@ pub mod server;
 pub mod socket;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod transitions;
 pub mod util;

@@ -32,6 +32,8 @@ pub enum ConnectResult {
     refused,
     timeout,
     error,
+    /// Still connecting after the race delay when another server's connect won.
+    lost_race,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -174,6 +176,8 @@ pub struct Metrics {
     pub config_reloads: Family<ReloadLabel, Counter>,
     pub config_last_reload_success: Gauge,
     pub config_last_reload_successful: Gauge,
+    /// The last state changes, for `/status` (not a metric family: a record).
+    pub transitions: crate::transitions::Transitions,
 }
 
 fn latency_histogram() -> Histogram {
@@ -258,6 +262,7 @@ impl Metrics {
             config_reloads: Family::default(),
             config_last_reload_success: Gauge::default(),
             config_last_reload_successful: Gauge::default(),
+            transitions: crate::transitions::Transitions::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -272,7 +277,8 @@ impl Metrics {
         );
         registry.register(
             "connect_attempts",
-            "Connect attempts to servers, by result",
+            "Connect attempts to servers, by result: ok, refused, timeout, error, or lost_race \
+             (still connecting after the race delay when another server's connect won)",
             m.connect_attempts.clone(),
         );
         registry.register(
@@ -420,6 +426,9 @@ impl Metrics {
             connect_error: self
                 .connect_attempts
                 .get_or_create_owned(&res(ConnectResult::error)),
+            connect_lost_race: self
+                .connect_attempts
+                .get_or_create_owned(&res(ConnectResult::lost_race)),
             connect_seconds: self
                 .connect_seconds
                 .get_or_create_owned(&ServerLabel { server: s() }),
@@ -483,6 +492,7 @@ impl Metrics {
             ConnectResult::refused,
             ConnectResult::timeout,
             ConnectResult::error,
+            ConnectResult::lost_race,
         ] {
             self.connect_attempts.remove(&ServerResult {
                 server: s(),
@@ -562,6 +572,7 @@ pub struct ServerMetrics {
     pub connect_refused: Counter,
     pub connect_timeout: Counter,
     pub connect_error: Counter,
+    pub connect_lost_race: Counter,
     pub connect_seconds: Histogram,
     pub bytes_to_server: Counter,
     pub bytes_to_client: Counter,

@@ -14,7 +14,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::Admin;
+use crate::admin::{Admin, Phase};
 use crate::cli::RunArgs;
 use crate::config::{self, Config, ServerSpec};
 use crate::control::backend::{Backend, Backends, Removal, Source};
@@ -354,9 +354,11 @@ pub async fn run(
         discovery: discovery.clone(),
         started: SystemTime::now(),
         reload: reload_state.clone(),
+        phase: std::sync::atomic::AtomicU8::new(Phase::Running as u8),
     });
     let admin_stop = CancellationToken::new();
     let admin_thread = admin
+        .clone()
         .start(admin_listener, admin_stop.clone())
         .with_context(|| format!("--admin-listen {}: cannot serve", cfg.admin_listen))?;
     tracing::info!(
@@ -393,6 +395,7 @@ pub async fn run(
         _ = sigint.recv() => "SIGINT",
     };
     reloader.abort();
+    admin.set_phase(Phase::Draining);
 
     let open = proxy.connections();
     tracing::info!(signal = signal_name, open_connections = open,
@@ -409,6 +412,7 @@ pub async fn run(
     accept_loops.close();
     accept_loops.wait().await;
     let left = proxy.drain(cfg.drain_grace).await;
+    admin.set_phase(Phase::Closing);
     if left > 0 {
         tracing::info!(
             closing = left,

@@ -90,6 +90,48 @@ async fn admin_endpoints_and_status_command() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("is apilb running?"));
 }
 
+/// `/status` `transitions`: each change of a server's state, numbered without a gap, with
+/// where it came from, where it went, why and when; the record a poller (the soak) reads
+/// instead of the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_records_each_state_change_numbered() {
+    let pki = Pki::new();
+    let mut s = Standin::start(&pki, [127, 0, 0, 2], "cp1");
+    let lb = Apilb::start(&pki, &[&s], &[]);
+    lb.wait_all_ready(&[&s]);
+    let mark = lb.mark();
+    s.kill();
+    lb.wait_state(&mark, s.addr, "draining", Duration::from_secs(10));
+    let mark = lb.mark();
+    s.restart();
+    lb.wait_state(&mark, s.addr, "ready", Duration::from_secs(15));
+    let st = lb.status().await;
+    let t = st["transitions"].as_array().unwrap();
+    let name = s.addr.to_string();
+    assert!(t.iter().all(|v| v["server"] == name.as_str()), "{t:#?}");
+    // Numbered from 1, one more each time; each starts where the one before ended.
+    for (i, v) in t.iter().enumerate() {
+        assert_eq!(v["seq"], i as u64 + 1, "{t:#?}");
+        assert!(v["cause"].as_str().is_some_and(|c| !c.is_empty()), "{v}");
+        assert!(v["unix_ms"]
+            .as_u64()
+            .is_some_and(|ms| ms > 1_600_000_000_000));
+    }
+    for w in t.windows(2) {
+        assert_eq!(w[0]["to"], w[1]["from"], "{t:#?}");
+        assert!(w[0]["unix_ms"].as_u64() <= w[1]["unix_ms"].as_u64());
+    }
+    let path: Vec<&str> = t.iter().filter_map(|v| v["to"].as_str()).collect();
+    assert_eq!(t[0]["from"], "unknown", "{t:#?}");
+    let draining = path
+        .iter()
+        .position(|s| *s == "draining")
+        .expect("no draining");
+    assert_eq!(path[0], "ready", "{path:?}");
+    assert_eq!(path.last(), Some(&"ready"), "{path:?}");
+    assert!(draining > 0, "{path:?}");
+}
+
 /// Out of descriptors, the admin endpoint cannot accept: it retries with a growing backoff,
 /// logs that once (it logged every 100 ms), counts every failure, and serves the client
 /// that waited in its queue as soon as descriptors are free again.
@@ -139,10 +181,17 @@ async fn admin_out_of_descriptors_backs_off_logs_once_and_recovers() {
         let _ = c.read_to_end(&mut out).await;
         parse_response(&out).0
     });
+    // The log is read, not /metrics: the admin endpoint is what cannot accept; and the
+    // rate-limited line is the feature under test.
     let hit = lb.wait_log_from(&mark, Duration::from_secs(10), |v| {
         v["message"] == "admin accept failed"
     });
-    assert!(hit.to_string().contains("Too many open files"), "{hit}");
+    assert!(
+        hit["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("Too many open files")),
+        "{hit}"
+    );
     // An observation window (what is asserted is an absence): retries go on meanwhile,
     // at most one line is logged.
     tokio::time::sleep(Duration::from_millis(1500)).await;

@@ -245,6 +245,8 @@ async fn a_reload_names_the_keys_that_need_a_restart() {
     assert_eq!(st["config"]["workers"], 2);
     assert_eq!(st["config"]["health-fall"], 3);
     assert_eq!(servers_in_effect(&st).len(), 2);
+    // The warning is a feature under test too: an operator who reads only the log learns
+    // which keys wait for a restart (its typed `keys` field is asserted).
     let line = lb.wait_log_from(&mark, Duration::from_secs(5), |v| {
         v["message"]
             .as_str()

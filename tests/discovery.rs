@@ -146,9 +146,46 @@ users:
     }
 }
 
-fn changed(v: &serde_json::Value) -> bool {
-    v["message"] == "discovered control planes changed"
+/// Waits until `/status` shows `want` (in any order) as the list discovery found last;
+/// returns that status.
+async fn discovered(lb: &Apilb, want: &[std::net::SocketAddr]) -> serde_json::Value {
+    let mut want: Vec<String> = want.iter().map(ToString::to_string).collect();
+    want.sort();
+    lb.status_until(
+        &format!("discovered {want:?}"),
+        Duration::from_secs(10),
+        |st| {
+            let mut got: Vec<String> = st["discovery"]["discovered"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            got.sort();
+            got == want
+        },
+    )
+    .await
 }
+
+/// Waits until `/status` shows `want` in discovery's last error; returns that status.
+async fn failing_with(lb: &Apilb, want: &str) -> serde_json::Value {
+    lb.status_until(
+        &format!("discovery failing with {want:?}"),
+        Duration::from_secs(10),
+        |st| {
+            st["discovery"]["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains(want))
+        },
+    )
+    .await
+}
+
+const ROUNDS: &str = "apilb_discovery_attempts_total";
+const OK: &[&str] = &["result=\"ok\""];
 
 async fn sources(lb: &Apilb) -> Vec<(String, String, bool)> {
     let st = lb.status().await;
@@ -173,8 +210,8 @@ async fn follows_added_and_removed_control_planes() {
     let cp2 = c.standin(1, false);
     c.publish(&[0, 1]);
     let lb = c.apilb(&[cp1.addr], &[]);
-    let ev = lb.wait_log(Duration::from_secs(10), changed);
-    assert_eq!(ev["api"], "EndpointSlice");
+    let st = discovered(&lb, &[cp1.addr, cp2.addr]).await;
+    assert_eq!(st["discovery"]["api"], "EndpointSlice");
     // Added: takes traffic once its checks pass.
     lb.wait_state(&Mark::START, cp2.addr, "ready", Duration::from_secs(10));
     let (ok, failed) = many_whoami(lb.listen, &c.pki, 30).await;
@@ -195,7 +232,7 @@ async fn follows_added_and_removed_control_planes() {
     // A server listed but not (yet) answering never gets a client: it starts not ready.
     let mark = lb.mark();
     c.publish(&[0, 1, 2]);
-    lb.wait_log_from(&mark, Duration::from_secs(10), changed);
+    discovered(&lb, &[cp1.addr, cp2.addr, c.addr(2)]).await;
     let (ok, failed) = many_whoami(lb.listen, &c.pki, 20).await;
     assert!(
         failed.is_empty(),
@@ -206,16 +243,16 @@ async fn follows_added_and_removed_control_planes() {
 
     // Removed: no new connections, its open stream stays (drain), until the server goes.
     let mut ws = watches_on(lb.listen, &c.pki, &["cp1"]).await;
-    let mark = lb.mark();
     c.publish(&[1]);
-    let ev = lb.wait_log_from(&mark, Duration::from_secs(10), changed);
-    assert!(
-        ev["removed"].to_string().contains(&cp1.addr.to_string()),
-        "{ev}"
-    );
-    lb.wait_log_from(&mark, Duration::from_secs(5), |v| {
-        v["message"] == "server left the set: draining" && v["server"] == cp1.addr.to_string()
-    });
+    discovered(&lb, &[cp2.addr]).await;
+    // Draining: still listed, marked removed.
+    lb.status_until("cp1 removed and draining", Duration::from_secs(5), |st| {
+        st["servers"].as_array().is_some_and(|a| {
+            a.iter()
+                .any(|v| v["server"] == cp1.addr.to_string().as_str() && v["removed"] == true)
+        })
+    })
+    .await;
     let (ok, failed) = many_whoami(lb.listen, &c.pki, 20).await;
     assert!(failed.is_empty());
     assert!(ok.iter().all(|n| n == "cp2"), "{ok:?}");
@@ -228,9 +265,8 @@ async fn follows_added_and_removed_control_planes() {
     drop(cp1); // the drained server goes away: its stream ends…
     ws[0].closed_within(Duration::from_secs(10)).await;
     drop(ws); // …the client closes its side too, and the server is retired
-    lb.wait_log_from(&mark, Duration::from_secs(10), |v| {
-        v["message"] == "server removed from the set" && v["server"] == c.addr(0).to_string()
-    });
+    lb.wait_status(c.addr(0), "absent", Duration::from_secs(10))
+        .await;
     let (_, metrics) = lb.admin_get("/metrics").await;
     assert!(
         metrics.contains("apilb_discovery_attempts_total{result=\"ok\"}"),
@@ -246,7 +282,7 @@ async fn empty_garbage_and_failed_answers_change_nothing() {
     let cp2 = c.standin(1, false);
     c.publish(&[0, 1]);
     let lb = c.apilb(&[cp1.addr], &[]);
-    lb.wait_log(Duration::from_secs(10), changed);
+    discovered(&lb, &[cp1.addr, cp2.addr]).await;
     for (body, want) in [
         ("this is not json", "not an EndpointSlice"),
         (
@@ -255,20 +291,23 @@ async fn empty_garbage_and_failed_answers_change_nothing() {
         ),
         ("500", "answered 500"),
     ] {
-        let mark = lb.mark();
         c.write("endpointslice.json", body);
-        let ev = lb.wait_log_from(&mark, Duration::from_secs(10), |v| {
-            v["message"].as_str().is_some_and(|m| m.starts_with("discovery failed"))
-        });
-        assert!(ev["error"].as_str().unwrap().contains(want), "{ev}");
-        let names: Vec<String> = sources(&lb).await.into_iter().map(|s| s.0).collect();
-        assert_eq!(names, vec![cp1.addr.to_string(), cp2.addr.to_string()]);
+        let st = failing_with(&lb, want).await;
+        // The list found last and the set balanced over are both kept.
+        let mut found: Vec<&str> = st["discovery"]["discovered"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        found.sort_unstable();
+        let (a, b) = (cp1.addr.to_string(), cp2.addr.to_string());
+        assert_eq!(found, vec![a.as_str(), b.as_str()], "{st:#}");
+        assert_eq!(
+            sources(&lb).await,
+            vec![(a.clone(), "discovered".into(), false), (b, "discovered".into(), false)]
+        );
     }
-    assert!(!lb
-        .logs()
-        .iter()
-        .skip(1)
-        .any(|v| changed(v) && v["removed"].as_array().is_none_or(|a| !a.is_empty())));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -288,11 +327,13 @@ async fn endpoints_fallback_and_forbidden_logged_once() {
         ),
     );
     let lb = c.apilb(&[cp1.addr], &[]);
-    let ev = lb.wait_log(Duration::from_secs(10), changed);
-    assert_eq!(ev["api"], "Endpoints");
-    // Both forbidden: one clear line with the fix, the list kept.
+    let st = discovered(&lb, &[cp1.addr, _cp2.addr]).await;
+    assert_eq!(st["discovery"]["api"], "Endpoints");
+    // Both forbidden: one clear line with the fix, the list kept. The log line is the
+    // feature under test here (it names the fix); the state is in /status too.
     let mark = lb.mark();
     c.write("endpoints.json", "403");
+    failing_with(&lb, "forbidden").await;
     let ev = lb.wait_log_from(&mark, Duration::from_secs(10), |v| {
         v["message"]
             .as_str()
@@ -331,20 +372,31 @@ async fn state_file_carries_the_set_across_a_restart_without_seeds() {
     let cp2 = c.standin(1, false);
     c.publish(&[0, 1]);
     {
-        let lb = c.apilb(&[cp1.addr], &[]);
-        lb.wait_log(Duration::from_secs(10), |v| {
-            v["message"] == "saved the discovered servers"
-        });
+        let _lb = c.apilb(&[cp1.addr], &[]);
+        // The file itself is the state waited on (replaced atomically: never half written).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = std::fs::read_to_string(c.state_file()).unwrap_or_default();
+            if text.contains(&cp1.addr.to_string()) && text.contains(&cp2.addr.to_string()) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the discovered servers were not saved: {text:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
-    assert!(c.state_file().exists());
     // Restart with a seed that is gone for good (nothing listens on .6): the state file
     // still knows every control plane.
     let gone = c.addr(4);
     let lb = c.apilb(&[gone], &["--discovery-interval", "1h"]);
-    let ev = lb.wait_log(Duration::from_secs(5), |v| {
-        v["message"] == "loaded the last discovered servers"
-    });
-    assert!(ev["servers"].to_string().contains(&cp2.addr.to_string()));
+    // Loaded at start, before the admin endpoint answers: no wait.
+    let st = sources(&lb).await;
+    assert!(
+        st.contains(&(cp2.addr.to_string(), "state file".into(), false)),
+        "{st:?}"
+    );
     lb.wait_state(&Mark::START, cp1.addr, "ready", Duration::from_secs(10));
     let (ok, failed) = many_whoami(lb.listen, &c.pki, 10).await;
     assert!(failed.is_empty(), "{failed:?}");
@@ -361,6 +413,7 @@ async fn corrupt_state_file_is_a_warning_not_a_crash() {
     let cp1 = c.standin(0, false);
     std::fs::write(c.state_file(), "{\"servers\": [\"not an address\"").unwrap();
     let lb = c.apilb(&[cp1.addr], &["--discovery-interval", "1h"]);
+    // The warning is the feature under test (the operator learns the file was ignored).
     let ev = lb.wait_log(Duration::from_secs(5), |v| {
         v["message"]
             .as_str()
@@ -384,7 +437,7 @@ async fn rotated_client_certificate_is_used_by_the_next_request() {
         &[cp1.addr],
         &["--health-client-cert", &cert, "--health-client-key", &key],
     );
-    lb.wait_log(Duration::from_secs(10), changed);
+    discovered(&lb, &[cp1.addr]).await;
     let last = |who: &Standin| {
         let pki = c.pki.share();
         let addr = who.addr;
@@ -402,14 +455,11 @@ async fn rotated_client_certificate_is_used_by_the_next_request() {
     // kubelet rotates its certificate: new files in place.
     let (new_cert, new_key) = c.pki.issue_client("system:node:test-node");
     write_pair(c.api.path(), &new_cert, &new_key);
-    let mark = lb.mark();
-    lb.wait_log_from(&mark, Duration::from_secs(10), |v| {
-        v["message"] == "discovery round done"
-    });
-    let at = lb.mark();
-    lb.wait_log_from(&at, Duration::from_secs(10), |v| {
-        v["message"] == "discovery round done"
-    });
+    // A round under way may have read the old files; the second one to end after this
+    // point began after the rotation.
+    let base = lb.metric(ROUNDS, OK).await;
+    lb.metric_at_least(ROUNDS, OK, base + 2.0, Duration::from_secs(10))
+        .await;
     assert_eq!(last(&cp1).await, cert_fp(&new_cert));
 }
 
@@ -497,26 +547,24 @@ async fn logs_never_contain_tokens_or_keys() {
         .collect(),
         None,
     );
-    lb.wait_log(Duration::from_secs(10), |v| {
-        v["message"] == "discovery round done"
-    });
+    lb.metric_at_least(ROUNDS, OK, 1.0, Duration::from_secs(10))
+        .await;
     // The request really carried the token.
     let (_, body) = request(cp1.addr, &c.pki, "GET", "/-/last-api-client", false)
         .await
         .unwrap();
     assert!(body.contains(token), "{body}");
     // And an error path: a broken key in the kubeconfig.
-    let mark = lb.mark();
     let broken = std::fs::read_to_string(&kc).unwrap().replace(
         &b64(&key_pem),
         &b64(&key_pem.replace("PRIVATE KEY", "BROKEN KEY")),
     );
     std::fs::write(&kc, broken).unwrap();
-    lb.wait_log_from(&mark, Duration::from_secs(10), |v| {
-        v["message"]
-            .as_str()
-            .is_some_and(|m| m.starts_with("discovery failed"))
-    });
+    // Logged (the lines searched below) before /status shows it.
+    lb.status_until("discovery failing", Duration::from_secs(10), |st| {
+        st["discovery"]["last_error"].is_string()
+    })
+    .await;
     let key_body: Vec<&str> = key_pem
         .lines()
         .filter(|l| !l.starts_with("-----") && l.len() > 16)

@@ -107,22 +107,28 @@ async fn blackhole_before_health_notices_is_saved_by_connect_racing() {
     let s = three(&pki);
     // Only passive failover can save these connections.
     let lb = without_active_checks(&pki, &s);
-    let mark = lb.mark();
     let _hole = Blackhole::new(s[1].addr);
     let (ok, failed) = many_whoami(lb.listen, &pki, 20).await;
     assert!(failed.is_empty(), "client-visible failures: {failed:?}");
     assert!(ok.iter().all(|n| n != "cp2"));
-    // It was tried (and raced away from) at least once, then kept away.
-    let marked = lb.wait_log_from(&mark, Duration::from_secs(5), |v| {
-        v["message"]
-            .as_str()
-            .is_some_and(|m| m.starts_with("connect failed"))
-            && v["server"] == s[1].addr.to_string()
-    });
-    assert!(
-        marked["cause"].as_str().unwrap().contains("won the race"),
-        "{marked}"
-    );
+    // It was tried and raced away from (counted as it happened: no wait) …
+    let server = format!("server=\"{}\"", s[1].addr);
+    let lost = lb
+        .metric(
+            "apilb_connect_attempts_total",
+            &[&server, "result=\"lost_race\""],
+        )
+        .await;
+    assert!(lost >= 1.0, "no connect to {} lost a race", s[1].addr);
+    // … then kept away: marked until a health check passes (there are none here).
+    let st = lb.status().await;
+    let cp2 = st["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["server"] == s[1].addr.to_string().as_str())
+        .unwrap();
+    assert_eq!(cp2["connect_failed"], true, "{st:#}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -221,6 +227,7 @@ async fn readyz_401_counts_as_reachable_with_one_warning() {
     s[0].set_readyz(&pki, 401).await;
     let lb = Apilb::start(&pki, &[&s[0]], &["--health-readyz-interval", "100ms"]);
     lb.wait_all_ready(&[&s[0]]);
+    // The warning is the feature under test: it names the fix, once.
     let warn = lb.wait_log(Duration::from_secs(5), |v| {
         v["level"] == "WARN"
             && v["message"]
@@ -228,15 +235,22 @@ async fn readyz_401_counts_as_reachable_with_one_warning() {
                 .is_some_and(|m| m.contains("--health-client-cert"))
     });
     assert_eq!(warn["status"], 401);
-    // Several probes later, still exactly one warning.
-    let mark = lb.mark();
-    for _ in 0..3 {
-        let at = lb.mark();
-        lb.wait_log_from(&at, Duration::from_secs(5), |v| {
-            v["message"] == "/readyz answered"
-        });
-    }
-    assert!(lb.log_mark().log_index() > mark.log_index());
+    // Several probes later (each answered /readyz is timed), still exactly one warning.
+    let server = format!("server=\"{}\"", s[0].addr);
+    let labels = [server.as_str(), "check=\"readyz\""];
+    let probes = lb
+        .metric("apilb_health_check_duration_seconds_count", &labels)
+        .await;
+    lb.metric_at_least(
+        "apilb_health_check_duration_seconds_count",
+        &labels,
+        probes + 3.0,
+        Duration::from_secs(15),
+    )
+    .await;
+    let st = lb.status().await;
+    assert_eq!(st["servers"][0]["readyz_status"], 401, "{st:#}");
+    assert_eq!(st["servers"][0]["state"], "ready", "{st:#}");
     let (ok, _) = many_whoami(lb.listen, &pki, 3).await;
     assert_eq!(ok.len(), 3);
     let warnings = lb
@@ -272,6 +286,9 @@ async fn all_down_fails_fast_then_recovers() {
     }
     let (code, _) = lb.admin_get("/readyz").await;
     assert_eq!(code, 503);
+    // No server ready or unchecked: panic mode, every server tried.
+    lb.wait_metric("apilb_panic_mode", &[], 1.0, Duration::from_secs(5))
+        .await;
     // Panic mode: the first server back is used at once, before health calls it ready.
     s[2].restart();
     let name = tokio::time::timeout(Duration::from_secs(5), whoami(lb.listen, &pki))
@@ -279,14 +296,11 @@ async fn all_down_fails_fast_then_recovers() {
         .expect("no answer")
         .expect("failed after a server came back");
     assert_eq!(name, "cp3");
-    lb.wait_log_from(&mark, Duration::from_secs(5), |v| {
-        v["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("panic mode"))
-    });
     lb.wait_state(&mark, s[2].addr, "ready", Duration::from_secs(15));
     let (code, _) = lb.admin_get("/readyz").await;
     assert_eq!(code, 200);
+    lb.wait_metric("apilb_panic_mode", &[], 0.0, Duration::from_secs(5))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -362,13 +376,15 @@ async fn panic_mode_follows_health_without_client_traffic() {
         &["--health-readyz-interval", "200ms"],
     );
     lb.wait_all_ready(&[&s[0], &s[1]]);
-    assert_eq!(lb.metric("apilb_panic_mode", &[]).await, 0.0);
+    lb.wait_metric("apilb_panic_mode", &[], 0.0, Duration::from_secs(5))
+        .await;
 
     s[0].set_readyz(&pki, 500).await;
     lb.wait_status(s[0].addr, "not_ready", Duration::from_secs(15))
         .await;
     // One server is still ready: no panic.
-    assert_eq!(lb.metric("apilb_panic_mode", &[]).await, 0.0);
+    lb.wait_metric("apilb_panic_mode", &[], 0.0, Duration::from_secs(5))
+        .await;
     s[1].set_readyz(&pki, 500).await;
     lb.wait_metric("apilb_panic_mode", &[], 1.0, Duration::from_secs(15))
         .await;

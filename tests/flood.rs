@@ -226,7 +226,9 @@ async fn a_client_that_never_completes_its_hello_is_closed_after_the_timeout() {
 
 /// With no server reachable, a flood of client connections makes a bounded number of log
 /// lines: one per kind and interval, the next one saying how many were held back
-/// (`suppressed`), so that lines plus held back add up to what the metrics counted.
+/// (`suppressed`), so that lines plus held back add up to what the metrics counted. The log
+/// is the feature under test here; it is read by typed fields (`suppressed`, `level`,
+/// `client`), not by wording.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_with_no_server_reachable_logs_a_bounded_number_of_lines() {
     // Nothing listens there: every connect is refused.

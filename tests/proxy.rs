@@ -112,12 +112,8 @@ async fn sighup_and_file_change_reload_the_server_list() {
     let mark = lb.mark();
     write(&[&s1, &s3]);
     lb.signal(libc::SIGHUP);
-    lb.wait_log_from(&mark, Duration::from_secs(10), |v| {
-        v["message"]
-            .as_str()
-            .is_some_and(|m| m.starts_with("reloaded"))
-            && v["added"] == 1
-    });
+    let st = reloaded(&lb, 1, "SIGHUP").await;
+    assert_eq!(names(&st), [s1.addr.to_string(), s3.addr.to_string()]);
     ws[1].closed_within(Duration::from_secs(10)).await;
     ws[0].still_flowing().await;
     lb.wait_state(&mark, s3.addr, "ready", Duration::from_secs(10));
@@ -127,50 +123,68 @@ async fn sighup_and_file_change_reload_the_server_list() {
     assert!(ok.iter().any(|n| n == "cp3"));
 
     // A change of the file alone (no signal) is picked up too.
-    let mark = lb.mark();
     write(&[&s1, &s2, &s3]);
-    lb.wait_log_from(&mark, Duration::from_secs(10), |v| {
-        v["message"]
-            .as_str()
-            .is_some_and(|m| m.starts_with("reloaded"))
-            && v["cause"] == "config file changed"
-    });
+    let st = reloaded(&lb, 2, "config file changed").await;
+    assert_eq!(names(&st).len(), 3);
     // A broken file is refused and the servers kept.
-    let mark = lb.mark();
     std::fs::write(&cfg, "server: [\n").unwrap();
     lb.signal(libc::SIGHUP);
-    lb.wait_log_from(&mark, Duration::from_secs(10), |v| {
-        v["message"]
-            .as_str()
-            .is_some_and(|m| m.starts_with("reload failed"))
-    });
-    let st = lb.status().await;
-    assert_eq!(st["servers"].as_array().unwrap().len(), 3);
+    let st = lb
+        .status_until("the refused reload", Duration::from_secs(10), |st| {
+            st["reload"]["failures"] == 1
+        })
+        .await;
+    assert_eq!(st["reload"]["last_result"], "failed", "{st:#}");
+    assert_eq!(st["reload"]["reloads"], 2, "{st:#}");
+    assert_eq!(names(&st).len(), 3);
     drop(ws);
+}
+
+/// Waits until `/status` counts `n` applied reloads, the last one for `cause`; returns it.
+async fn reloaded(lb: &Apilb, n: u64, cause: &str) -> serde_json::Value {
+    let st = lb
+        .status_until(&format!("reload {n}"), Duration::from_secs(10), |st| {
+            st["reload"]["reloads"].as_u64() >= Some(n)
+        })
+        .await;
+    assert_eq!(st["reload"]["reloads"], n, "{st:#}");
+    assert_eq!(st["reload"]["last_result"], "ok", "{st:#}");
+    assert_eq!(st["reload"]["last_cause"], cause, "{st:#}");
+    st
+}
+
+/// The servers in the set, as `/status` lists them.
+fn names(st: &serde_json::Value) -> Vec<String> {
+    st["servers"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v["server"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_then_closes() {
     let pki = Pki::new();
     let s = Standin::start(&pki, [127, 0, 0, 2], "cp1");
-    let mut lb = Apilb::start(&pki, &[&s], &["--drain-grace", "1s"]);
+    let mut lb = Apilb::start(&pki, &[&s], &["--drain-grace", "2s"]);
     lb.wait_all_ready(&[&s]);
     let mut w = Watch::open(lb.listen, &pki).await;
-    let mark = lb.mark();
+    let st = lb.status().await;
+    assert_eq!(st["phase"], "running", "{st:#}");
     lb.signal(libc::SIGTERM);
-    lb.wait_log_from(&mark, Duration::from_secs(5), |v| {
-        v["message"]
-            .as_str()
-            .is_some_and(|m| m.starts_with("stopping"))
-    });
-    // New connections are refused once the listener is gone …
-    lb.wait_log_from(&mark, Duration::from_secs(5), |v| {
-        v["message"]
-            .as_str()
-            .is_some_and(|m| m.starts_with("drain grace over"))
-    });
-    // … the open stream kept flowing during the grace, then was closed.
-    w.closed_within(Duration::from_secs(5)).await;
+    // Draining: the open stream is still there (kept, not closed at the signal) …
+    let st = lb
+        .status_until("draining", Duration::from_secs(5), |st| {
+            st["phase"] != "running"
+        })
+        .await;
+    assert_eq!(st["phase"], "draining", "{st:#}");
+    assert_eq!(st["client_connections"], 1, "{st:#}");
+    // … then, the grace over, closed; and the process exits cleanly.
+    w.closed_within(Duration::from_secs(10)).await;
     assert_eq!(lb.wait_exit(Duration::from_secs(5)), Some(0));
     assert!(TcpStream::connect(lb.listen).await.is_err());
 }
@@ -281,15 +295,27 @@ async fn out_of_descriptors_backs_off_keeps_serving_and_recovers() {
     let third_task = tokio::spawn(async move { whoami(addr, &pki2).await });
     // Out of descriptors either at accept (the client waits in the backlog) or at the
     // upstream connect (the client is closed at once and counted); never a server's fault.
+    // The log is read here, not the admin endpoint: asking it would take a descriptor of
+    // the few left (and its answer would wait for one); and the rate-limited log line is a
+    // feature under test (below).
     let hit = lb.wait_log_from(&mark, Duration::from_secs(10), |v| {
         v["message"] == "accept failed"
             || v["message"]
                 .as_str()
                 .is_some_and(|m| m.contains("out of local resources"))
     });
-    let text = hit.to_string();
-    assert!(text.contains("Too many open files"), "{text}");
     let at_accept = hit["message"] == "accept failed";
+    let cause = if at_accept {
+        &hit["error"]
+    } else {
+        &hit["cause"]
+    };
+    assert!(
+        cause
+            .as_str()
+            .is_some_and(|c| c.contains("Too many open files")),
+        "{hit}"
+    );
     // The connections it has keep flowing.
     w1.still_flowing().await;
     w2.still_flowing().await;
@@ -305,20 +331,32 @@ async fn out_of_descriptors_backs_off_keeps_serving_and_recovers() {
         );
         None
     };
+    // Not blamed: the server was never marked (a mark is logged once per spell; the admin
+    // endpoint's flag could be cleared again by a check before we could ask).
     assert!(
-        !lb.logs().iter().any(|v| v["message"]
-            .as_str()
-            .is_some_and(|m| m.starts_with("connect failed"))),
+        !lb.logs()
+            .iter()
+            .any(|v| v["failure"] == "connect" && v["server"] == s.addr.to_string()),
         "the server was blamed for our own descriptor shortage"
     );
     // Descriptors free up: clients are served again without anyone restarting anything.
-    let mark = lb.log_mark();
     drop(w1);
-    lb.wait_log_from(&mark, Duration::from_secs(5), |v| {
-        v["message"].as_str().is_some_and(|m| {
-            m.starts_with("connection closed") || m.starts_with("connection ended")
-        })
-    });
+    if third_task.is_none() {
+        // Nothing waits in the backlog to take them: apilb's own descriptor table shows
+        // w1's two (client and server side) closed.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::read_dir(format!("/proc/{}/fd", lb.pid()))
+            .unwrap()
+            .count() as u64
+            > open + 2
+        {
+            assert!(
+                Instant::now() < deadline,
+                "w1's descriptors were not closed"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
     if let Some(waiting) = third_task {
         // It waited in the backlog; now it is taken, and either served or — if the freed
         // descriptors went elsewhere first — closed cleanly and counted. Never left hanging.

@@ -73,22 +73,6 @@ fn activated_with(
     cmd.spawn().unwrap()
 }
 
-fn wait_line(child: &mut Child, needle: &str) -> std::io::BufReader<std::process::ChildStderr> {
-    use std::io::BufRead;
-    let mut r = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    loop {
-        line.clear();
-        assert!(
-            r.read_line(&mut line).unwrap() > 0,
-            "apilb exited before: {needle}"
-        );
-        if line.contains(needle) {
-            return r;
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_with_an_inherited_socket_refuses_no_connection() {
     let pki = Pki::new();
@@ -117,7 +101,9 @@ async fn restart_with_an_inherited_socket_refuses_no_connection() {
     .collect();
 
     let mut first = activated(&listener, &args);
-    let log1 = wait_line(&mut first, "inherited socket");
+    let log1 = first.stderr.take();
+    // Serving: it could only be on the inherited socket (ours holds the address).
+    wait_status_at(admin, s.addr, "ready", Duration::from_secs(10)).await;
     // Clients connect in a loop across the restart.
     let stop = Arc::new(AtomicBool::new(false));
     let (count_tx, mut count) = tokio::sync::watch::channel(0u32);
@@ -354,7 +340,8 @@ async fn a_second_apilb_on_the_same_address_is_refused_unless_both_share_it() {
             .spawn()
             .unwrap(),
     );
-    let _old_log = wait_line(&mut old.0, "apilb started");
+    let _old_log = old.0.stderr.take();
+    wait_status_at(admin, s.addr, "ready", Duration::from_secs(10)).await;
     // Both answer on the shared admin address too: the new one's own word that its server
     // is ready is its READY=1.
     let notify = NotifySocket::new();

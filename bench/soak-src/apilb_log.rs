@@ -1,12 +1,14 @@
 //! apilb's own log, read after the run (`ApilbView`): which server each client port went
-//! to, the connections it closed for failover, health failures, state changes, passive
-//! marks and panic mode, with times relative to the start of the run.
+//! to, the connections it closed for failover, health failures, passive marks and panic
+//! mode, with times relative to the start of the run. The servers' state changes are not
+//! read from the log: they come from apilb's `/status` (`transitions`), polled during the
+//! run.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::SystemTime;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 /// The client port → server map from apilb's "proxying" debug lines (with their times, as
 /// ports are reused over a long run), and the ports apilb closed because their server went
@@ -23,7 +25,10 @@ pub(crate) struct ApilbView {
     /// "silent, but no other server has answered since": (time, server, connections kept).
     pub(crate) silent_kept: Vec<(f64, String, u64)>,
     pub(crate) panics: Vec<String>,
+    /// apilb's `/status` transitions, in order, with `t` and `name` (`transitions`).
     pub(crate) state_changes: Vec<Value>,
+    /// State changes the polls of `/status` missed (its ring turned over between two).
+    pub(crate) state_changes_missed: u64,
     /// Per server name: (time, new state), in order.
     pub(crate) states: HashMap<String, Vec<(f64, String)>>,
     /// Passive failure marks: (time, server name, cause).
@@ -46,8 +51,11 @@ pub(crate) fn rel_time(v: &Value, wall0: SystemTime) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// The view: the log's lines, and the state changes `changes` (from `/status`, with the
+/// count the polls missed).
 pub(crate) fn read_apilb_log(
     logs: &[Value],
+    changes: (Vec<Value>, u64),
     wall0: SystemTime,
     names: &HashMap<String, String>,
 ) -> ApilbView {
@@ -59,6 +67,7 @@ pub(crate) fn read_apilb_log(
         silent_kept: Vec::new(),
         panics: Vec::new(),
         state_changes: Vec::new(),
+        state_changes_missed: changes.1,
         states: HashMap::new(),
         passive_marks: Vec::new(),
         panic_mode: Vec::new(),
@@ -114,15 +123,6 @@ pub(crate) fn read_apilb_log(
                 let n = v["open_connections"].as_u64().unwrap_or(0);
                 view.silent_kept.push((t, s.clone(), n));
             }
-        } else if msg == "server state changed" {
-            let mut c = v.clone();
-            c["t"] = json!((t * 100.0).round() / 100.0);
-            if let Some(s) = v["server"].as_str().and_then(|s| names.get(s)) {
-                c["name"] = json!(s);
-                let to = v["to"].as_str().unwrap_or("").to_string();
-                view.states.entry(s.clone()).or_default().push((t, to));
-            }
-            view.state_changes.push(c);
         } else if msg.starts_with("connect failed; no new connections") {
             if let Some(s) = v["server"].as_str().and_then(|s| names.get(s)) {
                 let cause = v["cause"].as_str().unwrap_or("").to_string();
@@ -131,6 +131,21 @@ pub(crate) fn read_apilb_log(
         } else if msg.starts_with("no server is ready: panic mode") {
             view.panic_mode.push(t);
         }
+    }
+    let t0 = wall0
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    for c in changes.0 {
+        if let (Some(n), Some(to), Some(ms)) =
+            (c["name"].as_str(), c["to"].as_str(), c["unix_ms"].as_f64())
+        {
+            let t = ms / 1000.0 - t0;
+            view.states
+                .entry(n.to_string())
+                .or_default()
+                .push((t, to.to_string()));
+        }
+        view.state_changes.push(c);
     }
     view
 }

@@ -32,8 +32,9 @@
 //! This file parses the arguments and runs the phases (start, baseline, traffic under
 //! faults, settle, stop, analyse, report). `schedule` plans the faults and `faults` carries
 //! them out; `traffic/` is the client load and its byte checks; `resources` samples apilb
-//! and reads its admin endpoint; `apilb_log` reads its log after the run; `analyse/` judges
-//! the run and words the report.
+//! and reads its admin endpoint; `transitions` polls apilb's `/status` for its servers'
+//! state changes; `apilb_log` reads its log after the run; `analyse/` judges the run and
+//! words the report.
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -44,6 +45,7 @@ mod faults;
 mod resources;
 mod schedule;
 mod traffic;
+mod transitions;
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -67,6 +69,7 @@ use crate::resources::{admin_get, admin_status, alive, counters, sample, wait_re
 use crate::schedule::{schedule, Fault, Kind};
 use crate::traffic::record::{Ctx, Recorder};
 use crate::traffic::workers::{idle, keepalive, new_connections, slow, transfers, watcher};
+use crate::transitions::Transitions;
 use common::{iptables, Apilb, Pki, Relay, Standin};
 
 /// A stream on a dead server must be closed within this (the design's failover target).
@@ -327,13 +330,14 @@ fn spawn_workers(ctx: &Arc<Ctx>) -> tokio::task::JoinSet<()> {
     workers
 }
 
-/// Samples apilb every second until the end of the run (or a crash, or a stop): the
-/// samples after `baseline`, and what crashed.
+/// Samples apilb every second until the end of the run (or a crash, or a stop), and keeps
+/// its servers' state changes: the samples after `baseline`, and what crashed.
 async fn sample_run(
     ctx: &Ctx,
     lb: &Apilb,
     baseline: Sample,
     seconds: f64,
+    transitions: &Transitions,
 ) -> (Vec<Sample>, Option<String>) {
     let mut samples = vec![baseline];
     let mut crashed = None;
@@ -361,6 +365,7 @@ async fn sample_run(
             }
             samples.push(s);
         }
+        transitions.poll(lb).await;
         if ctx.now() >= seconds {
             break;
         }
@@ -377,6 +382,7 @@ async fn settle(
     baseline: Sample,
     samples: &mut Vec<Sample>,
     crashed: &mut Option<String>,
+    transitions: &Transitions,
 ) -> Option<Sample> {
     let mut end = None;
     if crashed.is_none() {
@@ -388,6 +394,7 @@ async fn settle(
                     .as_array()
                     .is_some_and(|a| a.iter().all(|s| s["state"] == "ready"))
             });
+            transitions.poll(lb).await;
             let s = sample(ctx, lb).await;
             if let Some(s) = s {
                 samples.push(s);
@@ -510,7 +517,8 @@ async fn soak(args: Args) -> ExitCode {
 
     let mut workers = spawn_workers(&ctx);
     let fault_task = tokio::spawn(run_faults(ctx.clone(), servers.clone(), faults.clone()));
-    let (mut samples, mut crashed) = sample_run(&ctx, &lb, baseline, seconds).await;
+    let transitions = Transitions::default();
+    let (mut samples, mut crashed) = sample_run(&ctx, &lb, baseline, seconds, &transitions).await;
     let traffic_end = ctx.now();
     ctx.stop.cancel();
     while workers.join_next().await.is_some() {}
@@ -520,10 +528,24 @@ async fn soak(args: Args) -> ExitCode {
     };
     servers.restore_all();
     println!("soak: {traffic_end:7.2}s  traffic stopped; every fault lifted");
-    let end = settle(&ctx, &lb, baseline, &mut samples, &mut crashed).await;
+    let end = settle(
+        &ctx,
+        &lb,
+        baseline,
+        &mut samples,
+        &mut crashed,
+        &transitions,
+    )
+    .await;
+    transitions.poll(&lb).await;
     let mut lb = lb;
     let (metrics, sigterm) = stop_apilb(&mut lb, &crashed).await;
-    let view = read_apilb_log(&lb.logs(), wall0, &names);
+    let view = read_apilb_log(
+        &lb.logs(),
+        transitions.changes(wall0, &names),
+        wall0,
+        &names,
+    );
     let interrupted = crashed.is_none() && traffic_end < seconds - 1.0;
     let mut analysis = analyse(
         &args,

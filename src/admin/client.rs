@@ -149,8 +149,13 @@ pub fn render(s: &Status) -> String {
     let widths: Vec<usize> = (0..8)
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
+    // Stopping (SIGTERM): said first, whatever the servers' states.
+    let phase = match s.phase.as_str() {
+        "" | "running" => String::new(),
+        p => format!("{}, ", p.to_uppercase()),
+    };
     let mut out = format!(
-        "apilb {}: {} ({} client connections, up {})\n",
+        "apilb {}: {phase}{} ({} client connections, up {})\n",
         s.version,
         if s.ready {
             "READY"
@@ -211,7 +216,8 @@ mod tests {
 
     #[test]
     fn a_down_server_shows_no_stale_figures() {
-        let s = Status {
+        let mut s = Status {
+            phase: "running".into(),
             ready: true,
             version: "0.1.0".into(),
             uptime_seconds: 5,
@@ -220,8 +226,10 @@ mod tests {
             discovery: None,
             reload: Default::default(),
             config: Default::default(),
+            transitions: Vec::new(),
         };
         let out = render(&s);
+        assert!(out.starts_with("apilb 0.1.0: READY ("), "{out}");
         let line = |name: &str| {
             out.lines()
                 .find(|l| l.starts_with(name))
@@ -236,6 +244,12 @@ mod tests {
         assert!(
             out.contains("config: flags only; not reloaded since start"),
             "{out}"
+        );
+        s.phase = "draining".into();
+        assert!(
+            render(&s).starts_with("apilb 0.1.0: DRAINING, READY ("),
+            "{}",
+            render(&s)
         );
     }
 }

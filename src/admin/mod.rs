@@ -1,8 +1,8 @@
 //! The loopback admin endpoint (HTTP/1.1): `/healthz` (the process is alive), `/readyz`
 //! (200 only when at least one server is ready), `/metrics` (Prometheus text) and `/status`
-//! (JSON: every server's state, cause, last check, latencies and connections, the last
-//! reload of the configuration and the settings in effect). Read-only:
-//! nothing here changes what the proxy does.
+//! (JSON: the process's phase, every server's state, cause, last check, latencies and
+//! connections, the servers' recent state changes, the last reload of the configuration and
+//! the settings in effect). Read-only: nothing here changes what the proxy does.
 //!
 //! Runs on a thread of its own with at most `MAX_CONNECTIONS` connections (more are
 //! closed at once), so a flood of admin requests can delay neither the health checks (main
@@ -12,6 +12,7 @@ pub mod client;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -30,6 +31,7 @@ use crate::log_limit::LogLimit;
 use crate::metrics::{Listener, Metrics};
 use crate::proxy::Proxy;
 use crate::reload::ReloadStatus;
+use crate::transitions::Transition;
 
 /// Most concurrent admin connections; more are closed at once (Prometheus, a probe and
 /// `apilb status` need a handful).
@@ -47,11 +49,46 @@ pub struct Admin {
     pub discovery: Option<Arc<Discovery>>,
     pub started: SystemTime,
     pub reload: Arc<crate::reload::State>,
+    /// A `Phase`, set by the lifecycle (`run`) through `set_phase`.
+    pub phase: AtomicU8,
+}
+
+/// Where the process is in its life (`/status` `phase`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    /// Serving.
+    Running = 0,
+    /// SIGTERM or SIGINT: no new connections; open ones finish within the drain grace.
+    Draining = 1,
+    /// The drain is over: what is left is being closed, then the process exits.
+    Closing = 2,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Running => "running",
+            Phase::Draining => "draining",
+            Phase::Closing => "closing",
+        }
+    }
+
+    fn from_u8(v: u8) -> Phase {
+        match v {
+            1 => Phase::Draining,
+            2 => Phase::Closing,
+            _ => Phase::Running,
+        }
+    }
 }
 
 /// `/status`, also read by `apilb status`.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Status {
+    /// `running`, `draining` or `closing` (`Phase`).
+    #[serde(default)]
+    pub phase: String,
     pub ready: bool,
     pub version: String,
     pub uptime_seconds: u64,
@@ -65,6 +102,10 @@ pub struct Status {
     /// The settings in effect, by config-file key.
     #[serde(default)]
     pub config: BTreeMap<String, serde_json::Value>,
+    /// The servers' last state changes, oldest first, numbered (`seq`) so that a poller
+    /// can tell the new ones and see a gap.
+    #[serde(default)]
+    pub transitions: Vec<Transition>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -93,6 +134,14 @@ fn ago(t: Option<SystemTime>) -> Option<f64> {
 }
 
 impl Admin {
+    pub fn set_phase(&self, phase: Phase) {
+        self.phase.store(phase as u8, Ordering::Relaxed);
+    }
+
+    pub fn phase(&self) -> Phase {
+        Phase::from_u8(self.phase.load(Ordering::Relaxed))
+    }
+
     pub fn status(&self) -> Status {
         let mut all: Vec<Arc<Backend>> = self.backends.snapshot().iter().cloned().collect();
         all.extend(self.backends.removed());
@@ -120,6 +169,7 @@ impl Admin {
             .collect();
         let (reload, config) = self.reload.status();
         Status {
+            phase: self.phase().as_str().to_string(),
             ready: self.backends.any_ready(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             uptime_seconds: ago(Some(self.started)).unwrap_or(0.0) as u64,
@@ -128,6 +178,7 @@ impl Admin {
             discovery: self.discovery.as_ref().map(|d| d.status()),
             reload,
             config,
+            transitions: self.metrics.transitions.recent(),
         }
     }
 

@@ -261,6 +261,7 @@ impl Backend {
         self.registry.set_state(&self.name, new.as_str());
         self.registry.state_transition(&self.name, new.as_str());
         let (from, to) = (old.as_str(), new.as_str());
+        self.registry.transitions.push(&self.name, from, to, reason);
         match new {
             State::Ready => {
                 tracing::info!(server = %self.name, from, to, cause = reason, "server state changed");

@@ -189,6 +189,7 @@ pub async fn connect_race(
             Ok(stream) => {
                 for (slow, since) in &pending {
                     if since.elapsed() >= s.race_delay {
+                        slow.metrics.connect_lost_race.inc();
                         slow.mark_passive_failure(
                             PassiveFailure::Connect,
                             &format!(

@@ -1,7 +1,11 @@
 //! The `apilb run` process under test: started on free loopback ports with JSON debug logs,
-//! whose log lines are kept for the tests to wait on; its admin endpoint read for `/status`
-//! and `/metrics` (server states are waited on there, not in the log); signalled and waited
-//! for. Killed on drop unless it was reaped.
+//! whose log lines are kept; its admin endpoint read for `/status` and `/metrics`; signalled
+//! and waited for. Killed on drop unless it was reaped.
+//!
+//! Tests wait on state, not on wording: a server's state, a discovery round, a reload, the
+//! drain are all in `/status` or `/metrics` (`wait_state`, `status_until`, `metric_at_least`).
+//! The log is read (`wait_log_from`) only where the log line itself is the feature under test
+//! (a warning naming the fix, a rate-limited line), and each such test says so.
 //! Owns the process and its admin endpoint only; traffic through it is `client`'s.
 
 use std::io::{BufRead, BufReader};
@@ -95,8 +99,43 @@ impl Apilb {
             _dir: None,
             reaped: false,
         };
-        a.wait_log(Duration::from_secs(10), |v| v["message"] == "apilb started");
+        a.wait_serving(Duration::from_secs(10));
         a
+    }
+
+    /// Waits until the admin endpoint answers `/healthz` (it starts once the listeners are
+    /// bound and the servers set); fails at once, with the log, if apilb exited.
+    fn wait_serving(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if get_blocking(self.admin, "/healthz").is_ok() {
+                return;
+            }
+            let exited = super::send_signal(self.pid(), 0) != 0 || self.is_zombie();
+            assert!(
+                !exited && Instant::now() < deadline,
+                "apilb {} within {timeout:?}; log:\n{}",
+                if exited { "exited" } else { "did not serve" },
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Whether the process has exited and waits to be reaped.
+    fn is_zombie(&self) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
+            .ok()
+            .and_then(|s| s.rsplit_once(") ").map(|(_, r)| r.starts_with('Z')))
+            .unwrap_or(true)
+    }
+
+    fn log_text(&self) -> String {
+        self.logs()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     pub fn keep_dir(&mut self, d: tempfile::TempDir) {
@@ -111,7 +150,7 @@ impl Apilb {
     /// (`apilb_server_state_transitions_total`) as `/metrics` shows them now.
     pub fn mark(&self) -> Mark {
         let log = self.logs.lines.lock().unwrap().len();
-        let transitions = metrics_blocking(self.admin).ok().map(|text| {
+        let transitions = get_blocking(self.admin, "/metrics").ok().map(|text| {
             text.lines()
                 .filter(|l| l.starts_with(TRANSITIONS))
                 .collect::<Vec<_>>()
@@ -189,7 +228,7 @@ impl Apilb {
         );
         let deadline = Instant::now() + timeout;
         loop {
-            let now = metrics_blocking(self.admin)
+            let now = get_blocking(self.admin, "/metrics")
                 .map(|text| sum_samples(&text, TRANSITIONS, &labels))
                 .unwrap_or(base);
             // Moved: up, or reset (the server left the set and came back) and counted since.
@@ -298,6 +337,56 @@ impl Apilb {
         sum_samples(&text, name, labels)
     }
 
+    /// Waits until `/status` satisfies `pred` (polled every 10 ms); returns it. Panics after
+    /// `timeout`, naming `what` and showing the last status.
+    pub async fn status_until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            // Not answering (apilb gone) is "not seen", with the reason shown at the end.
+            let st = match admin_get_at(self.admin, "/status").await {
+                Ok((200, body)) => serde_json::from_str(&body).unwrap_or(Value::String(body)),
+                Ok((code, _)) => Value::String(format!("/status answered {code}")),
+                Err(e) => Value::String(format!("/status: {e}")),
+            };
+            if pred(&st) {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not seen in /status within {timeout:?}; last status:\n{st:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits until `metric(name, labels)` is at least `min` (polled every 10 ms); returns
+    /// it. Panics after `timeout`, naming the value seen last.
+    pub async fn metric_at_least(
+        &self,
+        name: &str,
+        labels: &[&str],
+        min: f64,
+        timeout: Duration,
+    ) -> f64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let now = self.metric(name, labels).await;
+            if now >= min {
+                return now;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}{labels:?} is {now}, not yet {min}, after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Waits until `metric(name, labels)` is `value` (polled every 10 ms). Panics after
     /// `timeout`, naming the value seen last.
     pub async fn wait_metric(&self, name: &str, labels: &[&str], value: f64, timeout: Duration) {
@@ -354,17 +443,18 @@ fn sum_samples(text: &str, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
-/// `GET /metrics` on the admin endpoint at `admin`, blocking (for the synchronous waits).
-fn metrics_blocking(admin: SocketAddr) -> std::io::Result<String> {
+/// `GET path` on the admin endpoint at `admin`, blocking (for the synchronous waits): the
+/// body of a 200 answer.
+fn get_blocking(admin: SocketAddr, path: &str) -> std::io::Result<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())?;
     let mut out = Vec::new();
     s.read_to_end(&mut out)?;
     let (code, body) = parse_response(&out);
     if code != 200 {
-        return Err(std::io::Error::other(format!("/metrics answered {code}")));
+        return Err(std::io::Error::other(format!("{path} answered {code}")));
     }
     Ok(body)
 }

@@ -470,6 +470,7 @@ fn apilb_json(run: &Run<'_>, facts: &Facts<'_>) -> Value {
         "warnings": view.warnings,
         "errors": view.errors.iter().take(20).collect::<Vec<_>>(),
         "state_changes": view.state_changes,
+        "state_changes_missed_by_the_status_polls": view.state_changes_missed,
         "sigterm": sigterm,
         "metrics_at_end": metrics,
     })
