@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::Admin;
-use crate::cli::RunArgs;
+use crate::config::RunArgs;
 use crate::config::{self, Config, ServerSpec};
 use crate::control::backend::{Backend, Backends, Removal, Source};
 use crate::control::discovery::{self, Discovery};

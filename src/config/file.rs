@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer};
 
+use super::RunArgs;
 use super::{ConfigError, LogFormat};
-use crate::cli::RunArgs;
 use crate::server::DiscoveryMode;
 
 /// A list, or one value standing for a list of one (`server: 10.0.0.11:6443`).

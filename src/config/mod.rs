@@ -21,14 +21,15 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::cli::RunArgs;
 pub use crate::logging::LogFormat;
 use crate::server::DiscoveryMode;
 pub use crate::server::ServerSpec;
+pub use settings::RunArgs;
 
 mod check;
 mod file;
 mod resolve;
+mod settings;
 
 pub use check::{ConfigError, MAX_DURATION};
 pub use file::{

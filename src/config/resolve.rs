@@ -14,11 +14,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::check::{duration, flag_or_key, parse_listen};
+use super::RunArgs;
 use super::{
     defaults as d, Config, ConfigError, DiscoverySettings, FileConfig, HealthSettings, LogFormat,
     ServerSpec, DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN,
 };
-use crate::cli::RunArgs;
 use crate::server::DiscoveryMode;
 
 /// The inputs of one merge: the flags, the file as written, and the file's path (if any)

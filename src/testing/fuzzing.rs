@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::RunArgs;
+use crate::config::RunArgs;
 use crate::config::{self, HealthSettings, ServerSpec};
 use crate::control::backend::{Backend, State};
 use crate::control::discovery;

@@ -46,8 +46,8 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use crate::cli::{ManifestArgs, RunArgs};
-use crate::config::{self, ConfigError, FileConfig, ServerSpec};
+use crate::cli::ManifestArgs;
+use crate::config::{self, ConfigError, FileConfig, RunArgs, ServerSpec};
 use crate::node::kubespray::{self, KubesprayError, LocalProxy};
 
 /// The example image reference errors and help show.
