@@ -1,15 +1,15 @@
 //! Command-line definitions of every subcommand (clap derive). Parsing only: values are
-//! validated and merged with the config file in `config`, and acted on in `main`.
+//! validated in `config` (and acted on in `main`).
 //!
-//! Flags of `apilb run` are `Option`s so that `config` can tell "given" from "default"
-//! (flags win over the file); the defaults are spelled out in each help text.
+//! `apilb run`'s flags are `config::Settings`, which is also the config file's shape: they
+//! are defined there, once.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::RunArgs;
+use crate::config::{parse_duration, Settings};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -27,7 +27,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the proxy.
-    Run(Box<RunArgs>),
+    Run(Box<Settings>),
     /// Show the state of a running apilb (from its admin endpoint). Exit 0 when a server is ready.
     Status(StatusArgs),
     /// Point kubeconfigs at the local apilb, or put them back.
@@ -38,10 +38,6 @@ pub enum Command {
     /// Steps around `kubeadm join` on a worker.
     #[command(subcommand)]
     Kubeadm(KubeadmCommand),
-}
-
-pub(crate) fn duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e}; write e.g. 500ms, 2s or 1m"))
 }
 
 #[derive(Debug, Args)]
@@ -94,7 +90,7 @@ pub struct KubeconfigRewriteArgs {
     #[arg(long, default_value = "http://127.0.0.1:6447", value_name = "URL")]
     pub admin_url: String,
     /// How long --wait-ready waits.
-    #[arg(long, default_value = "60s", value_parser = duration, value_name = "DURATION")]
+    #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
     pub timeout: Duration,
 }
 
@@ -239,7 +235,7 @@ pub struct PostJoinArgs {
     #[arg(long, default_value = "http://127.0.0.1:6447", value_name = "URL")]
     pub admin_url: String,
     /// How long to wait for the local apilb to have a ready server.
-    #[arg(long, default_value = "2m", value_parser = duration, value_name = "DURATION")]
+    #[arg(long, default_value = "2m", value_parser = parse_duration, value_name = "DURATION")]
     pub timeout: Duration,
     /// Command that restarts kubelet, run with `sh -c`.
     #[arg(

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::Admin;
-use crate::config::RunArgs;
+use crate::config::Settings;
 use crate::config::{self, Config, ServerSpec};
 use crate::control::backend::{Backend, Backends, Removal, Source};
 use crate::control::discovery::{self, Discovery};
@@ -240,7 +240,7 @@ impl EarlySignals {
 }
 
 pub async fn run(
-    args: RunArgs,
+    args: Settings,
     mut cfg: Config,
     file_bytes: Option<Vec<u8>>,
     early: EarlySignals,
@@ -429,7 +429,7 @@ pub async fn run(
 
 /// Serves reloads until aborted: SIGHUP at once, a change of the file once it settled.
 struct Reloader {
-    args: RunArgs,
+    args: Settings,
     fleet: Arc<Fleet>,
     discovery: Option<Arc<Discovery>>,
     state: Arc<reload::State>,

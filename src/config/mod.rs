@@ -12,10 +12,18 @@
 //! Where a list is expected a single value is accepted too (`server: 10.0.0.11:6443`), and a
 //! misspelt key gets the nearest real one as its fix.
 //!
-//! The parts: this file holds the [`Config`] the runtime uses, its defaults and the entry
-//! points ([`load`] and its kin); `file` the config file as written and its reading;
-//! `check` the errors and the checks of single values; `resolve` the merge of flags over
-//! the file. Callers use the names re-exported here, not the parts.
+//! Two types, on purpose: [`Settings`] is the configuration as given — one struct that is
+//! both the flags (clap) and the file's shape (serde), every field optional — and
+//! [`Config`] the validated form the runtime uses: typed, defaults applied, consistent. A
+//! new setting is one field of `Settings` (its doc comment is the `--help` text, its name
+//! the flag and the key), plus, when it means something at run time, a field of `Config`
+//! and its check in `resolve`.
+//!
+//! The parts: this file holds the [`Config`], its defaults and the entry points ([`load`]
+//! and its kin); `settings` the settings as given; `file` the config file's reading and
+//! parsing; `check` the errors and the checks of single values; `resolve` the merge of
+//! flags over the file and the validation. Callers use the names re-exported here, not the
+//! parts.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -24,7 +32,6 @@ use std::time::Duration;
 pub use crate::logging::LogFormat;
 use crate::server::DiscoveryMode;
 pub use crate::server::ServerSpec;
-pub use settings::RunArgs;
 
 mod check;
 mod file;
@@ -33,10 +40,10 @@ mod settings;
 
 pub use check::{ConfigError, MAX_DURATION};
 pub use file::{
-    keys, nearest_key, parse_bytes, parse_file, read_file, read_text, FileConfig, ReadFor,
-    MAX_CONFIG_BYTES,
+    keys, nearest_key, parse_bytes, parse_file, read_file, read_text, ReadFor, MAX_CONFIG_BYTES,
 };
 pub use resolve::resolve;
+pub use settings::{parse_duration, DurationArg, Settings};
 
 /// Default listen address: kubelet and kube-proxy are pointed at https://127.0.0.1:6443.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:6443";
@@ -247,24 +254,24 @@ pub struct DiscoverySettings {
 }
 
 /// Builds the validated config from flags over the file (if any).
-pub fn load(args: &RunArgs) -> Result<Config, ConfigError> {
+pub fn load(args: &Settings) -> Result<Config, ConfigError> {
     Ok(load_with_text(args)?.0)
 }
 
 /// As [`load`], also returning the file's bytes as read (to watch it for changes).
-pub fn load_with_text(args: &RunArgs) -> Result<(Config, Option<Vec<u8>>), ConfigError> {
+pub fn load_with_text(args: &Settings) -> Result<(Config, Option<Vec<u8>>), ConfigError> {
     match &args.config {
         Some(p) => {
             let bytes = read_text(p, ReadFor::Start)?;
             let cfg = resolve(args, parse_bytes(&bytes, p)?)?;
             Ok((cfg, Some(bytes)))
         }
-        None => Ok((resolve(args, FileConfig::default())?, None)),
+        None => Ok((resolve(args, Settings::default())?, None)),
     }
 }
 
 /// The config from flags over the file's `bytes` (read once, elsewhere: a reload).
-pub fn load_bytes(args: &RunArgs, bytes: &[u8]) -> Result<Config, ConfigError> {
+pub fn load_bytes(args: &Settings, bytes: &[u8]) -> Result<Config, ConfigError> {
     let path = args.config.as_deref().unwrap_or(Path::new("--config"));
     resolve(args, parse_bytes(bytes, path)?)
 }
