@@ -367,9 +367,7 @@ pub async fn run(
         "apilb started"
     );
     tracing::info!(
-        config = %serde_json::Value::Object(
-            cfg.effective().into_iter().map(|(k, v)| (k.to_string(), v)).collect()
-        ),
+        config = %serde_json::Value::Object(cfg.effective().into_iter().collect()),
         "settings in effect"
     );
 

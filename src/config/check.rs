@@ -42,7 +42,7 @@ pub(super) fn duration(
 ) -> Result<Duration, ConfigError> {
     let (d, from_flag) = match given {
         None => return Ok(default),
-        Some(DurationArg::Flag(d)) => (*d, true),
+        Some(DurationArg::Parsed(d)) => (*d, true),
         Some(DurationArg::Written(s)) => {
             let d = humantime::parse_duration(s).map_err(|e| ConfigError {
                 origin: flag_or_key(file, false, key),

@@ -9,7 +9,8 @@
 //! file takes one value too (`server: 10.0.0.11:6443`); `key:` with no value is "not given".
 //! Durations are humantime (`500ms`, `2s`, `1m`): a flag is parsed by clap, which refuses
 //! a bad one; a key is kept as written ([`DurationArg`]) so that `resolve` names the file
-//! and key when it is not a duration.
+//! and key when it is not a duration. Written out (serde), the same struct is the settings
+//! in effect by key (`Config::effective`: `/status`, `--check`, what a reload compares).
 //!
 //! It owns the shape only: it must not apply defaults nor judge values. That is `resolve`,
 //! which turns the merged settings into the validated [`Config`](super::Config). The two
@@ -22,7 +23,7 @@ use std::time::Duration;
 
 use clap::Args;
 use merge::Merge;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::logging::LogFormat;
 
@@ -31,11 +32,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e}; write e.g. 500ms, 2s or 1m"))
 }
 
-/// A duration setting as given: parsed, from a flag, or as written in the config file
-/// (`resolve` parses it and names the key when it is not a duration).
+/// A duration setting: parsed (a flag, or a value in effect), or as written in the config
+/// file (`resolve` parses it and names the key when it is not a duration). Either is
+/// written out as the file would have it (`1m 30s`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DurationArg {
-    Flag(Duration),
+    Parsed(Duration),
     Written(String),
 }
 
@@ -45,8 +47,17 @@ impl<'de> Deserialize<'de> for DurationArg {
     }
 }
 
+impl Serialize for DurationArg {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            DurationArg::Parsed(d) => s.collect_str(&humantime::format_duration(*d)),
+            DurationArg::Written(w) => s.serialize_str(w),
+        }
+    }
+}
+
 fn duration_flag(s: &str) -> Result<DurationArg, String> {
-    parse_duration(s).map(DurationArg::Flag)
+    parse_duration(s).map(DurationArg::Parsed)
 }
 
 /// A list, or one value standing for a list of one (`server: 10.0.0.11:6443`).
@@ -73,7 +84,7 @@ fn switch<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
 }
 
 /// `apilb run`'s flags, and the config file's keys.
-#[derive(Debug, Clone, Default, Args, Deserialize, Merge)]
+#[derive(Debug, Clone, Default, Args, Deserialize, Serialize, Merge)]
 // `expecting`: what a file that is not a map of keys has always been told.
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 #[serde(expecting = "struct FileConfig")]

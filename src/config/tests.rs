@@ -248,3 +248,33 @@ fn flags_layer_over_the_file_field_by_field_and_errors_name_the_source() {
     assert_eq!(e.origin, format!("{ps}: key `listen`"));
     assert!(e.message.contains("no listen address"), "{}", e.message);
 }
+
+#[test]
+fn effective_lists_every_key_and_a_reload_names_what_needs_a_restart() {
+    let base = ["--server", "127.0.0.2:6443", "--ca-file", "/x"];
+    let c = load(&args(&base)).unwrap();
+    let shown: Vec<String> = c.effective().into_keys().collect();
+    let mut keys = keys();
+    keys.sort();
+    assert_eq!(shown, keys);
+    assert_eq!(c.effective()["half-closed-timeout"], "1m 30s");
+    assert_eq!(c.effective()["discovery-mode"], serde_json::Value::Null);
+
+    let mut v = base.to_vec();
+    v.extend(["--server", "127.0.0.3:6443", "--workers", "3"]);
+    v.extend(["--discovery-kubeconfig", "/k", "--drain-grace", "5s"]);
+    let newer = load(&args(&v)).unwrap();
+    assert_eq!(newer.effective()["discovery-mode"], "seed");
+    // `server` is applied by a reload; drain-grace is the default written out: no change.
+    assert_eq!(
+        c.restart_needed(&newer),
+        [
+            "discovery-interval",
+            "discovery-kubeconfig",
+            "discovery-mode",
+            "discovery-removal-grace",
+            "state-dir",
+            "workers"
+        ]
+    );
+}
