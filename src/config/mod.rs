@@ -1,8 +1,8 @@
 //! The `apilb run` configuration: the YAML file, the flags layered over it, the defaults,
 //! and validation.
 //!
-//! Every flag of `apilb run` is also a key of the config file, spelled the same way
-//! (`--ca-file` ⇔ `ca-file:`); flags win over the file. Validation happens here, once, and
+//! Every flag of `apilb run` but `--config` and `--check` is also a key of the config file,
+//! spelled the same way (`--ca-file` ⇔ `ca-file:`); flags win over the file. Validation happens here, once, and
 //! every error names where the bad value came from (the flag, or the file and key) and how
 //! to fix it. Nothing outside this module parses configuration; nothing in here does I/O
 //! other than reading the config file.
@@ -17,7 +17,8 @@
 //! [`Config`] the validated form the runtime uses: typed, defaults applied, consistent. A
 //! new setting is one field of `Settings` (its doc comment is the `--help` text, its name
 //! the flag and the key), plus, when it means something at run time, a field of `Config`
-//! and its check in `resolve`.
+//! and its check in `resolve`; the compiler then asks for its value in effect
+//! ([`Config::effective`], which `/status`, `--check` and a reload's restart list read).
 //!
 //! The parts: this file holds the [`Config`], its defaults and the entry points ([`load`]
 //! and its kin); `settings` the settings as given; `file` the config file's reading and

@@ -2,10 +2,10 @@
 //! the defaults, each value checked as it is taken, into the [`Config`] `apilb run` works
 //! from.
 //!
-//! [`resolve`] reads as the list of concerns, one function each (listen addresses, servers,
-//! the admin address, the health checks' TLS, health timing, limits, connection timeouts,
-//! discovery), in the order their errors are reported. An error names the flag when the
-//! flag gave the value, else the file and key.
+//! [`resolve`] reads as the list of concerns, in the order their errors are reported: the
+//! listen addresses, servers, the admin address, the health checks' TLS, health timing,
+//! limits, the timeouts (one line each), discovery; a concern with more than a default gets
+//! a function. An error names the flag when the flag gave the value, else the file and key.
 //!
 //! It must not read files (the caller passes the parsed file) nor print: every failure is a
 //! [`ConfigError`] naming the flag or the file and key.
@@ -61,39 +61,58 @@ pub fn resolve(flags: &Settings, file: Settings) -> Result<Config, ConfigError> 
     let listen = listen(&m)?;
     let (servers, servers_from_flags) = servers(&m)?;
     let admin_listen = admin_listen(&m)?;
-    let tls = health_tls(&m)?;
+    health_tls(&m)?;
     let health = health(&m)?;
     let (max_connections, workers) = limits(&m)?;
-    let timeouts = timeouts(&m)?;
 
     Ok(Config {
         listen,
         listen_given: s.listen.is_some(),
         allow_non_loopback: s.allow_non_loopback,
         servers,
-        ca_file: tls.ca_file,
-        health_client_cert: tls.cert,
-        health_client_key: tls.key,
+        ca_file: s.ca_file.clone(),
+        health_client_cert: s.health_client_cert.clone(),
+        health_client_key: s.health_client_key.clone(),
         health_insecure_skip_verify: s.health_insecure_skip_verify,
         health_tls_server_name: s.health_tls_server_name.clone(),
         admin_listen,
         reuse_port: s.reuse_port,
         log_format: s.log_format.unwrap_or(LogFormat::Text),
         log_level: s.log_level.clone().unwrap_or_else(|| "info".to_string()),
-        connect_timeout: timeouts.connect,
-        connect_race_delay: timeouts.connect_race_delay,
-        first_byte_timeout: timeouts.first_byte,
-        client_hello_timeout: timeouts.client_hello,
+        connect_timeout: connect_timeout(&m)?,
+        connect_race_delay: m.duration(
+            &s.connect_race_delay,
+            "connect-race-delay",
+            d::CONNECT_RACE_DELAY,
+        )?,
+        first_byte_timeout: m.duration(
+            &s.first_byte_timeout,
+            "first-byte-timeout",
+            d::FIRST_BYTE_TIMEOUT,
+        )?,
+        client_hello_timeout: m.duration(
+            &s.client_hello_timeout,
+            "client-hello-timeout",
+            d::CLIENT_HELLO_TIMEOUT,
+        )?,
         replay_limit: s.replay_limit.unwrap_or(d::REPLAY_LIMIT),
         health,
         max_connections,
         max_connections_given: s.max_connections.is_some(),
         workers,
-        drain_grace: timeouts.drain_grace,
-        half_closed_timeout: timeouts.half_closed,
-        idle_timeout: timeouts.idle,
-        ready_timeout: timeouts.ready,
-        resolve_interval: timeouts.resolve_interval,
+        drain_grace: m.duration(&s.drain_grace, "drain-grace", d::DRAIN_GRACE)?,
+        half_closed_timeout: m.duration(
+            &s.half_closed_timeout,
+            "half-closed-timeout",
+            d::HALF_CLOSED_TIMEOUT,
+        )?,
+        idle_timeout: m.duration(&s.idle_timeout, "idle-timeout", d::IDLE_TIMEOUT)?,
+        ready_timeout: m.duration(&s.ready_timeout, "ready-timeout", d::READY_TIMEOUT)?,
+        resolve_interval: m.duration(
+            &s.resolve_interval,
+            "resolve-interval",
+            d::RESOLVE_INTERVAL,
+        )?,
         discovery: discovery(&m)?,
         config_file: flags.config.clone(),
         servers_from_flags,
@@ -155,16 +174,9 @@ fn admin_listen(m: &Merge) -> Result<SocketAddr, ConfigError> {
     Ok(parse_listen(&[value], &origin, m.set.allow_non_loopback)?[0])
 }
 
-/// How the health checks verify the servers and present themselves.
-struct HealthTls {
-    ca_file: Option<PathBuf>,
-    cert: Option<PathBuf>,
-    key: Option<PathBuf>,
-}
-
 /// The health checks' TLS: a CA unless verification is skipped, a client certificate and
 /// key both or neither.
-fn health_tls(m: &Merge) -> Result<HealthTls, ConfigError> {
+fn health_tls(m: &Merge) -> Result<(), ConfigError> {
     let s = &m.set;
     if s.ca_file.is_none() && !s.health_insecure_skip_verify {
         return Err(ConfigError {
@@ -188,11 +200,7 @@ fn health_tls(m: &Merge) -> Result<HealthTls, ConfigError> {
                 .into(),
         });
     }
-    Ok(HealthTls {
-        ca_file: s.ca_file.clone(),
-        cert: s.health_client_cert.clone(),
-        key: s.health_client_key.clone(),
-    })
+    Ok(())
 }
 
 /// The health checks' timing: fall and rise at least 1, every interval at least 10ms.
@@ -261,60 +269,20 @@ fn limits(m: &Merge) -> Result<(usize, usize), ConfigError> {
     Ok((max_connections, workers))
 }
 
-/// The connection and process timeouts.
-struct Timeouts {
-    connect: Duration,
-    connect_race_delay: Duration,
-    first_byte: Duration,
-    client_hello: Duration,
-    drain_grace: Duration,
-    half_closed: Duration,
-    idle: Duration,
-    ready: Duration,
-    resolve_interval: Duration,
-}
-
-/// The connection and process timeouts; a connect timeout of 0 is refused.
-fn timeouts(m: &Merge) -> Result<Timeouts, ConfigError> {
-    let s = &m.set;
-    let connect = m.duration(&s.connect_timeout, "connect-timeout", d::CONNECT_TIMEOUT)?;
+/// The connect timeout: more than 0.
+fn connect_timeout(m: &Merge) -> Result<Duration, ConfigError> {
+    let connect = m.duration(
+        &m.set.connect_timeout,
+        "connect-timeout",
+        d::CONNECT_TIMEOUT,
+    )?;
     if connect.is_zero() {
         return Err(ConfigError {
             origin: m.origin(true, "connect-timeout"),
             message: "must be more than 0".into(),
         });
     }
-    Ok(Timeouts {
-        connect,
-        connect_race_delay: m.duration(
-            &s.connect_race_delay,
-            "connect-race-delay",
-            d::CONNECT_RACE_DELAY,
-        )?,
-        first_byte: m.duration(
-            &s.first_byte_timeout,
-            "first-byte-timeout",
-            d::FIRST_BYTE_TIMEOUT,
-        )?,
-        client_hello: m.duration(
-            &s.client_hello_timeout,
-            "client-hello-timeout",
-            d::CLIENT_HELLO_TIMEOUT,
-        )?,
-        drain_grace: m.duration(&s.drain_grace, "drain-grace", d::DRAIN_GRACE)?,
-        half_closed: m.duration(
-            &s.half_closed_timeout,
-            "half-closed-timeout",
-            d::HALF_CLOSED_TIMEOUT,
-        )?,
-        idle: m.duration(&s.idle_timeout, "idle-timeout", d::IDLE_TIMEOUT)?,
-        ready: m.duration(&s.ready_timeout, "ready-timeout", d::READY_TIMEOUT)?,
-        resolve_interval: m.duration(
-            &s.resolve_interval,
-            "resolve-interval",
-            d::RESOLVE_INTERVAL,
-        )?,
-    })
+    Ok(connect)
 }
 
 /// Discovery, when a kubeconfig is given (flag or key); its other settings are read only then.
