@@ -188,16 +188,13 @@ impl State {
         &self,
         file: Option<String>,
         watched: bool,
-        config: BTreeMap<&'static str, serde_json::Value>,
+        config: BTreeMap<String, serde_json::Value>,
     ) {
         self.with(|r| {
             r.file = file;
             r.watched = watched;
             r.last_success = Some(SystemTime::now());
-            r.config = config
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect();
+            r.config = config;
         });
     }
 
@@ -205,7 +202,7 @@ impl State {
         &self,
         cause: &str,
         restart_needed: Vec<String>,
-        config: BTreeMap<&'static str, serde_json::Value>,
+        config: BTreeMap<String, serde_json::Value>,
     ) {
         let now = SystemTime::now();
         self.with(|r| {
@@ -213,10 +210,7 @@ impl State {
             r.last = Some((now, cause.to_string(), None));
             r.last_success = Some(now);
             r.restart_needed = restart_needed;
-            r.config = config
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect();
+            r.config = config;
         });
     }
 

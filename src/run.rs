@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{Admin, Phase};
-use crate::cli::RunArgs;
+use crate::config::Settings;
 use crate::config::{self, Config, ServerSpec};
 use crate::control::backend::{Backend, Backends, Removal, Source};
 use crate::control::discovery::{self, Discovery};
@@ -240,7 +240,7 @@ impl EarlySignals {
 }
 
 pub async fn run(
-    args: RunArgs,
+    args: Settings,
     mut cfg: Config,
     file_bytes: Option<Vec<u8>>,
     early: EarlySignals,
@@ -369,9 +369,7 @@ pub async fn run(
         "apilb started"
     );
     tracing::info!(
-        config = %serde_json::Value::Object(
-            cfg.effective().into_iter().map(|(k, v)| (k.to_string(), v)).collect()
-        ),
+        config = %serde_json::Value::Object(cfg.effective().into_iter().collect()),
         "settings in effect"
     );
 
@@ -433,7 +431,7 @@ pub async fn run(
 
 /// Serves reloads until aborted: SIGHUP at once, a change of the file once it settled.
 struct Reloader {
-    args: RunArgs,
+    args: Settings,
     fleet: Arc<Fleet>,
     discovery: Option<Arc<Discovery>>,
     state: Arc<reload::State>,

@@ -8,7 +8,7 @@
 use std::fmt;
 
 use prometheus_client::encoding::EncodeLabelValue;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// A control plane as the operator wrote it: `host:port`, `[v6]:port` or `ip:port`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -216,7 +216,7 @@ impl Cause {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum DiscoveryMode {
     /// Seeds until discovery succeeds, then the discovered set.

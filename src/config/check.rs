@@ -9,6 +9,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use super::DurationArg;
+
 /// A configuration error: where the value came from, and what is wrong and how to fix it.
 #[derive(Debug, thiserror::Error)]
 #[error("{origin}: {message}")]
@@ -30,24 +32,28 @@ pub(super) fn flag_or_key(file: Option<&Path>, flag_given: bool, key: &str) -> S
 /// that a crash at the next connection or health check).
 pub const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
 
+/// A duration setting: the flag's (parsed by clap), else the key's (parsed here, the error
+/// naming the file and key), else `default`; at most [`MAX_DURATION`].
 pub(super) fn duration(
-    flag: Option<Duration>,
-    file_val: Option<&String>,
+    given: Option<&DurationArg>,
     file: Option<&Path>,
     key: &str,
     default: Duration,
 ) -> Result<Duration, ConfigError> {
-    let d = match (flag, file_val) {
-        (Some(d), _) => d,
-        (None, None) => return Ok(default),
-        (None, Some(s)) => humantime::parse_duration(s).map_err(|e| ConfigError {
-            origin: flag_or_key(file, false, key),
-            message: format!("`{s}` is not a duration ({e}); write e.g. 500ms, 2s or 1m"),
-        })?,
+    let (d, from_flag) = match given {
+        None => return Ok(default),
+        Some(DurationArg::Parsed(d)) => (*d, true),
+        Some(DurationArg::Written(s)) => {
+            let d = humantime::parse_duration(s).map_err(|e| ConfigError {
+                origin: flag_or_key(file, false, key),
+                message: format!("`{s}` is not a duration ({e}); write e.g. 500ms, 2s or 1m"),
+            })?;
+            (d, false)
+        }
     };
     if d > MAX_DURATION {
         return Err(ConfigError {
-            origin: flag_or_key(file, flag.is_some(), key),
+            origin: flag_or_key(file, from_flag, key),
             message: format!(
                 "{} is too long; use at most 100 years",
                 humantime::format_duration(d)

@@ -1,78 +1,12 @@
-//! The config file as written: [`FileConfig`] (every key optional, unknown keys refused
-//! with the nearest real key as the fix), the scalar-or-list form of list keys, and reading
-//! the file, bounded.
+//! The config file: reading it, bounded, and parsing it into [`Settings`] (the file's shape,
+//! which is the flags'), with unknown keys refused and the nearest real key as the fix.
 //!
-//! It owns the file's shape and its reading only: it must not apply defaults or flags, nor
+//! It owns the file's reading and parsing only: it must not apply defaults or flags, nor
 //! judge a value (that is `resolve`, with the checks of `check`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use serde::{Deserialize, Deserializer};
-
-use super::{ConfigError, LogFormat};
-use crate::cli::RunArgs;
-use crate::server::DiscoveryMode;
-
-/// A list, or one value standing for a list of one (`server: 10.0.0.11:6443`).
-fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        One(String),
-        Many(Vec<String>),
-    }
-    match Option::<OneOrMany>::deserialize(d) {
-        Ok(None) => Ok(None),
-        Ok(Some(OneOrMany::One(s))) => Ok(Some(vec![s])),
-        Ok(Some(OneOrMany::Many(v))) => Ok(Some(v)),
-        Err(_) => Err(serde::de::Error::custom(
-            "expected an address or a list of addresses, e.g. `[\"10.0.0.11:6443\", \"10.0.0.12:6443\"]`",
-        )),
-    }
-}
-
-/// The config file, as written. Every field optional; unknown keys are errors.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct FileConfig {
-    #[serde(default, deserialize_with = "one_or_many")]
-    pub listen: Option<Vec<String>>,
-    pub allow_non_loopback: Option<bool>,
-    #[serde(default, deserialize_with = "one_or_many")]
-    pub server: Option<Vec<String>>,
-    pub ca_file: Option<PathBuf>,
-    pub health_client_cert: Option<PathBuf>,
-    pub health_client_key: Option<PathBuf>,
-    pub health_insecure_skip_verify: Option<bool>,
-    pub health_tls_server_name: Option<String>,
-    pub admin_listen: Option<String>,
-    pub reuse_port: Option<bool>,
-    pub log_format: Option<LogFormat>,
-    pub log_level: Option<String>,
-    pub connect_timeout: Option<String>,
-    pub connect_race_delay: Option<String>,
-    pub first_byte_timeout: Option<String>,
-    pub client_hello_timeout: Option<String>,
-    pub replay_limit: Option<usize>,
-    pub health_ping_interval: Option<String>,
-    pub health_ping_timeout: Option<String>,
-    pub health_readyz_interval: Option<String>,
-    pub health_timeout: Option<String>,
-    pub health_fall: Option<u32>,
-    pub health_rise: Option<u32>,
-    pub max_connections: Option<usize>,
-    pub workers: Option<usize>,
-    pub drain_grace: Option<String>,
-    pub half_closed_timeout: Option<String>,
-    pub idle_timeout: Option<String>,
-    pub ready_timeout: Option<String>,
-    pub resolve_interval: Option<String>,
-    pub discovery_kubeconfig: Option<PathBuf>,
-    pub discovery_interval: Option<String>,
-    pub discovery_mode: Option<DiscoveryMode>,
-    pub discovery_removal_grace: Option<String>,
-    pub state_dir: Option<PathBuf>,
-}
+use super::{ConfigError, Settings};
 
 /// The largest config file read: far beyond any real one (a few hundred bytes), small
 /// enough that a wrong path (a log, an image) cannot take memory.
@@ -149,13 +83,13 @@ pub fn read_text(path: &Path, read_for: ReadFor) -> Result<Vec<u8>, ConfigError>
 }
 
 /// Reads and parses a config file (as at start).
-pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+pub fn read_file(path: &Path) -> Result<Settings, ConfigError> {
     let bytes = read_text(path, ReadFor::Start)?;
     parse_bytes(&bytes, path)
 }
 
 /// Parses a config file's bytes (`path` names it in errors).
-pub fn parse_bytes(bytes: &[u8], path: &Path) -> Result<FileConfig, ConfigError> {
+pub fn parse_bytes(bytes: &[u8], path: &Path) -> Result<Settings, ConfigError> {
     let origin = path.display().to_string();
     let text = std::str::from_utf8(bytes).map_err(|e| ConfigError {
         origin: origin.clone(),
@@ -164,10 +98,11 @@ pub fn parse_bytes(bytes: &[u8], path: &Path) -> Result<FileConfig, ConfigError>
     parse_file(text, origin)
 }
 
-/// Every key of the config file: the long names of `apilb run`'s flags but `--config`.
+/// Every key of the config file: the long names of `apilb run`'s flags but the two that are
+/// flags only (`--config`, `--check`).
 pub fn keys() -> Vec<String> {
     use clap::Args;
-    RunArgs::augment_args(clap::Command::new("run"))
+    Settings::augment_args(clap::Command::new("run"))
         .get_arguments()
         .filter_map(|a| a.get_long())
         .filter(|l| !matches!(*l, "config" | "help" | "check"))
@@ -192,9 +127,9 @@ pub fn nearest_key(unknown: &str) -> Option<String> {
 }
 
 /// Parses the text of a config file; `origin` (its path) names it in errors.
-pub fn parse_file(text: &str, origin: String) -> Result<FileConfig, ConfigError> {
+pub fn parse_file(text: &str, origin: String) -> Result<Settings, ConfigError> {
     if text.trim().is_empty() {
-        return Ok(FileConfig::default());
+        return Ok(Settings::default());
     }
     yaml_serde::from_str(text).map_err(|e| {
         let full = e.to_string();

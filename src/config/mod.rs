@@ -1,8 +1,8 @@
 //! The `apilb run` configuration: the YAML file, the flags layered over it, the defaults,
 //! and validation.
 //!
-//! Every flag of `apilb run` is also a key of the config file, spelled the same way
-//! (`--ca-file` ⇔ `ca-file:`); flags win over the file. Validation happens here, once, and
+//! Every flag of `apilb run` but `--config` and `--check` is also a key of the config file,
+//! spelled the same way (`--ca-file` ⇔ `ca-file:`); flags win over the file. Validation happens here, once, and
 //! every error names where the bad value came from (the flag, or the file and key) and how
 //! to fix it. Nothing outside this module parses configuration; nothing in here does I/O
 //! other than reading the config file.
@@ -12,16 +12,25 @@
 //! Where a list is expected a single value is accepted too (`server: 10.0.0.11:6443`), and a
 //! misspelt key gets the nearest real one as its fix.
 //!
-//! The parts: this file holds the [`Config`] the runtime uses, its defaults and the entry
-//! points ([`load`] and its kin); `file` the config file as written and its reading;
-//! `check` the errors and the checks of single values; `resolve` the merge of flags over
-//! the file. Callers use the names re-exported here, not the parts.
+//! Two types, on purpose: [`Settings`] is the configuration as given — one struct that is
+//! both the flags (clap) and the file's shape (serde), every field optional — and
+//! [`Config`] the validated form the runtime uses: typed, defaults applied, consistent. A
+//! new setting is one field of `Settings` (its doc comment is the `--help` text, its name
+//! the flag and the key), plus, when it means something at run time, a field of `Config`
+//! and its check in `resolve`; the compiler then asks for its value in effect
+//! ([`Config::effective`], which `/status`, `--check` and a reload's restart list read).
+//!
+//! The parts: this file holds the [`Config`], its defaults and the entry points ([`load`]
+//! and its kin); `settings` the settings as given; `file` the config file's reading and
+//! parsing; `check` the errors and the checks of single values; `resolve` the merge of
+//! flags over the file and the validation. Callers use the names re-exported here, not the
+//! parts.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::cli::RunArgs;
 pub use crate::logging::LogFormat;
 use crate::server::DiscoveryMode;
 pub use crate::server::ServerSpec;
@@ -29,13 +38,14 @@ pub use crate::server::ServerSpec;
 mod check;
 mod file;
 mod resolve;
+mod settings;
 
 pub use check::{ConfigError, MAX_DURATION};
 pub use file::{
-    keys, nearest_key, parse_bytes, parse_file, read_file, read_text, FileConfig, ReadFor,
-    MAX_CONFIG_BYTES,
+    keys, nearest_key, parse_bytes, parse_file, read_file, read_text, ReadFor, MAX_CONFIG_BYTES,
 };
 pub use resolve::resolve;
+pub use settings::{parse_duration, DurationArg, Settings};
 
 /// Default listen address: kubelet and kube-proxy are pointed at https://127.0.0.1:6443.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:6443";
@@ -136,101 +146,69 @@ pub struct HealthSettings {
 pub const RELOADABLE_KEYS: &[&str] = &["server"];
 
 impl Config {
-    /// The settings in effect, by config-file key: what `/status` shows as `config` and the
-    /// start logs. Durations are written as the file would (`2s`), paths as given.
-    pub fn effective(&self) -> std::collections::BTreeMap<&'static str, serde_json::Value> {
-        use serde_json::Value as V;
-        let d = |d: Duration| V::String(humantime::format_duration(d).to_string());
-        let p = |p: &Option<PathBuf>| {
-            p.as_ref()
-                .map(|p| V::String(p.display().to_string()))
-                .unwrap_or(V::Null)
+    /// The settings in effect, by config-file key: what `/status` shows as `config`, what
+    /// `--check` prints and the start logs, and what a reload compares. Written out as a
+    /// [`Settings`], so the keys are its fields: durations as the file would (`2s`), paths
+    /// as given, `null` for what is not set.
+    pub fn effective(&self) -> BTreeMap<String, serde_json::Value> {
+        let dur = |d: Duration| Some(DurationArg::Parsed(d));
+        // Shown, not opened: a path that is not UTF-8 is shown as `display` shows it.
+        let path = |p: Option<&PathBuf>| p.map(|p| PathBuf::from(p.display().to_string()));
+        let list = |v: Vec<String>| Some(v);
+        let (disc, h) = (self.discovery.as_ref(), &self.health);
+        let shown = Settings {
+            listen: list(self.listen.iter().map(ToString::to_string).collect()),
+            allow_non_loopback: self.allow_non_loopback,
+            server: list(self.servers.iter().map(ToString::to_string).collect()),
+            ca_file: path(self.ca_file.as_ref()),
+            health_client_cert: path(self.health_client_cert.as_ref()),
+            health_client_key: path(self.health_client_key.as_ref()),
+            health_insecure_skip_verify: self.health_insecure_skip_verify,
+            health_tls_server_name: self.health_tls_server_name.clone(),
+            admin_listen: Some(self.admin_listen.to_string()),
+            reuse_port: self.reuse_port,
+            config: None,
+            check: false,
+            log_format: Some(self.log_format),
+            log_level: Some(self.log_level.clone()),
+            connect_timeout: dur(self.connect_timeout),
+            connect_race_delay: dur(self.connect_race_delay),
+            client_hello_timeout: dur(self.client_hello_timeout),
+            first_byte_timeout: dur(self.first_byte_timeout),
+            replay_limit: Some(self.replay_limit),
+            health_ping_interval: dur(h.ping_interval),
+            health_ping_timeout: dur(h.ping_timeout),
+            health_readyz_interval: dur(h.readyz_interval),
+            health_timeout: dur(h.timeout),
+            health_fall: Some(h.fall),
+            health_rise: Some(h.rise),
+            max_connections: Some(self.max_connections),
+            workers: Some(self.workers),
+            drain_grace: dur(self.drain_grace),
+            half_closed_timeout: dur(self.half_closed_timeout),
+            idle_timeout: dur(self.idle_timeout),
+            ready_timeout: dur(self.ready_timeout),
+            resolve_interval: dur(self.resolve_interval),
+            discovery_kubeconfig: path(disc.map(|x| &x.kubeconfig)),
+            discovery_interval: disc.and_then(|x| dur(x.interval)),
+            discovery_mode: disc.map(|x| x.mode),
+            discovery_removal_grace: disc.and_then(|x| dur(x.removal_grace)),
+            state_dir: path(disc.map(|x| &x.state_dir)),
         };
-        let list = |v: Vec<String>| V::Array(v.into_iter().map(V::String).collect());
-        let disc = self.discovery.as_ref();
-        let mut m = std::collections::BTreeMap::new();
-        m.insert(
-            "listen",
-            list(self.listen.iter().map(ToString::to_string).collect()),
-        );
-        m.insert("allow-non-loopback", V::Bool(self.allow_non_loopback));
-        m.insert(
-            "server",
-            list(self.servers.iter().map(ToString::to_string).collect()),
-        );
-        m.insert("ca-file", p(&self.ca_file));
-        m.insert("health-client-cert", p(&self.health_client_cert));
-        m.insert("health-client-key", p(&self.health_client_key));
-        m.insert(
-            "health-insecure-skip-verify",
-            V::Bool(self.health_insecure_skip_verify),
-        );
-        m.insert(
-            "health-tls-server-name",
-            self.health_tls_server_name
-                .clone()
-                .map(V::String)
-                .unwrap_or(V::Null),
-        );
-        m.insert("admin-listen", V::String(self.admin_listen.to_string()));
-        m.insert("reuse-port", V::Bool(self.reuse_port));
-        m.insert(
-            "log-format",
-            V::String(
-                match self.log_format {
-                    LogFormat::Text => "text",
-                    LogFormat::Json => "json",
-                }
-                .into(),
-            ),
-        );
-        m.insert("log-level", V::String(self.log_level.clone()));
-        m.insert("connect-timeout", d(self.connect_timeout));
-        m.insert("connect-race-delay", d(self.connect_race_delay));
-        m.insert("first-byte-timeout", d(self.first_byte_timeout));
-        m.insert("replay-limit", V::from(self.replay_limit));
-        m.insert("health-ping-interval", d(self.health.ping_interval));
-        m.insert("health-ping-timeout", d(self.health.ping_timeout));
-        m.insert("health-readyz-interval", d(self.health.readyz_interval));
-        m.insert("health-timeout", d(self.health.timeout));
-        m.insert("health-fall", V::from(self.health.fall));
-        m.insert("health-rise", V::from(self.health.rise));
-        m.insert("max-connections", V::from(self.max_connections));
-        m.insert("workers", V::from(self.workers));
-        m.insert("drain-grace", d(self.drain_grace));
-        m.insert("half-closed-timeout", d(self.half_closed_timeout));
-        m.insert("idle-timeout", d(self.idle_timeout));
-        m.insert("ready-timeout", d(self.ready_timeout));
-        m.insert("resolve-interval", d(self.resolve_interval));
-        m.insert(
-            "discovery-kubeconfig",
-            p(&disc.map(|x| x.kubeconfig.clone())),
-        );
-        m.insert(
-            "discovery-interval",
-            disc.map(|x| d(x.interval)).unwrap_or(V::Null),
-        );
-        m.insert(
-            "discovery-mode",
-            disc.and_then(|x| clap::ValueEnum::to_possible_value(&x.mode))
-                .map(|v| V::String(v.get_name().to_string()))
-                .unwrap_or(V::Null),
-        );
-        m.insert(
-            "discovery-removal-grace",
-            disc.map(|x| d(x.removal_grace)).unwrap_or(V::Null),
-        );
-        m.insert("state-dir", p(&disc.map(|x| x.state_dir.clone())));
-        m
+        match serde_json::to_value(shown) {
+            Ok(serde_json::Value::Object(m)) => m.into_iter().collect(),
+            // Strings, numbers and lists only: nothing here fails to serialize.
+            _ => BTreeMap::new(),
+        }
     }
 
     /// The keys whose value differs between `self` and `newer` and that a reload does not
     /// apply (they need a restart), sorted.
     pub fn restart_needed(&self, newer: &Config) -> Vec<String> {
         let (a, b) = (self.effective(), newer.effective());
-        a.iter()
-            .filter(|(k, v)| !RELOADABLE_KEYS.contains(k) && b.get(*k) != Some(*v))
-            .map(|(k, _)| k.to_string())
+        a.into_iter()
+            .filter(|(k, v)| !RELOADABLE_KEYS.contains(&k.as_str()) && b.get(k) != Some(v))
+            .map(|(k, _)| k)
             .collect()
     }
 }
@@ -246,24 +224,24 @@ pub struct DiscoverySettings {
 }
 
 /// Builds the validated config from flags over the file (if any).
-pub fn load(args: &RunArgs) -> Result<Config, ConfigError> {
+pub fn load(args: &Settings) -> Result<Config, ConfigError> {
     Ok(load_with_text(args)?.0)
 }
 
 /// As [`load`], also returning the file's bytes as read (to watch it for changes).
-pub fn load_with_text(args: &RunArgs) -> Result<(Config, Option<Vec<u8>>), ConfigError> {
+pub fn load_with_text(args: &Settings) -> Result<(Config, Option<Vec<u8>>), ConfigError> {
     match &args.config {
         Some(p) => {
             let bytes = read_text(p, ReadFor::Start)?;
             let cfg = resolve(args, parse_bytes(&bytes, p)?)?;
             Ok((cfg, Some(bytes)))
         }
-        None => Ok((resolve(args, FileConfig::default())?, None)),
+        None => Ok((resolve(args, Settings::default())?, None)),
     }
 }
 
 /// The config from flags over the file's `bytes` (read once, elsewhere: a reload).
-pub fn load_bytes(args: &RunArgs, bytes: &[u8]) -> Result<Config, ConfigError> {
+pub fn load_bytes(args: &Settings, bytes: &[u8]) -> Result<Config, ConfigError> {
     let path = args.config.as_deref().unwrap_or(Path::new("--config"));
     resolve(args, parse_bytes(bytes, path)?)
 }

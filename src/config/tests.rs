@@ -1,7 +1,7 @@
 use super::*;
 use clap::Parser;
 
-fn args(v: &[&str]) -> RunArgs {
+fn args(v: &[&str]) -> Settings {
     let mut full = vec!["apilb", "run"];
     full.extend_from_slice(v);
     match crate::cli::Cli::try_parse_from(full) {
@@ -179,4 +179,102 @@ fn durations_past_a_century_are_refused() {
         v.push("100y");
         assert!(load(&args(&v)).is_ok(), "{flag} 100y refused");
     }
+}
+
+#[test]
+fn every_flag_but_config_and_check_is_a_key() {
+    let keys = keys();
+    assert!(keys.len() > 30, "{keys:?}");
+    for k in &keys {
+        // `key:` with no value is "not given", for every type of key.
+        let s = parse_file(&format!("{k}:\n"), "c.yaml".into())
+            .unwrap_or_else(|e| panic!("`{k}` is a flag but not a key: {e}"));
+        assert_eq!(format!("{s:?}"), format!("{:?}", Settings::default()));
+    }
+    for k in ["config", "check"] {
+        assert!(!keys.iter().any(|key| key == k), "{k} listed as a key");
+        let e = parse_file(&format!("{k}: x\n"), "c.yaml".into()).unwrap_err();
+        assert!(
+            e.message.contains(&format!("unknown key `{k}`")),
+            "{}",
+            e.message
+        );
+    }
+}
+
+#[test]
+fn flags_layer_over_the_file_field_by_field_and_errors_name_the_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("c.yaml");
+    let ps = p.to_str().unwrap();
+    std::fs::write(
+        &p,
+        "server: 127.0.0.2:6443\nca-file: /ca\nreuse-port: true\nworkers: 3\n\
+         drain-grace: 1s\nlisten: 127.0.0.1:7000\nmax-connections: 0\n",
+    )
+    .unwrap();
+    let e = load(&args(&["--config", ps, "--workers", "4"])).unwrap_err();
+    assert_eq!(e.origin, format!("{ps}: key `max-connections`"));
+    let e = load(&args(&["--config", ps, "--max-connections", "0"])).unwrap_err();
+    assert_eq!(e.origin, "--max-connections");
+
+    let c = load(&args(&[
+        "--config",
+        ps,
+        "--workers",
+        "4",
+        "--listen",
+        "127.0.0.1:7001",
+        "--max-connections",
+        "5",
+    ]))
+    .unwrap();
+    assert_eq!(c.workers, 4);
+    assert_eq!(c.listen, vec!["127.0.0.1:7001".parse().unwrap()]);
+    assert_eq!(c.max_connections, 5);
+    assert_eq!(c.drain_grace, Duration::from_secs(1));
+    assert!(
+        c.reuse_port,
+        "the file's switch is kept when the flag is absent"
+    );
+    assert!(!c.allow_non_loopback);
+    assert_eq!(c.servers.len(), 1);
+    assert!(!c.servers_from_flags);
+    assert!(c.listen_given);
+
+    // An empty list in the file is given (and wrong), not absent.
+    std::fs::write(&p, "server: 127.0.0.2:6443\nca-file: /ca\nlisten: []\n").unwrap();
+    let e = load(&args(&["--config", ps])).unwrap_err();
+    assert_eq!(e.origin, format!("{ps}: key `listen`"));
+    assert!(e.message.contains("no listen address"), "{}", e.message);
+}
+
+#[test]
+fn effective_lists_every_key_and_a_reload_names_what_needs_a_restart() {
+    let base = ["--server", "127.0.0.2:6443", "--ca-file", "/x"];
+    let c = load(&args(&base)).unwrap();
+    let shown: Vec<String> = c.effective().into_keys().collect();
+    let mut keys = keys();
+    keys.sort();
+    assert_eq!(shown, keys);
+    assert_eq!(c.effective()["half-closed-timeout"], "1m 30s");
+    assert_eq!(c.effective()["discovery-mode"], serde_json::Value::Null);
+
+    let mut v = base.to_vec();
+    v.extend(["--server", "127.0.0.3:6443", "--workers", "3"]);
+    v.extend(["--discovery-kubeconfig", "/k", "--drain-grace", "5s"]);
+    let newer = load(&args(&v)).unwrap();
+    assert_eq!(newer.effective()["discovery-mode"], "seed");
+    // `server` is applied by a reload; drain-grace is the default written out: no change.
+    assert_eq!(
+        c.restart_needed(&newer),
+        [
+            "discovery-interval",
+            "discovery-kubeconfig",
+            "discovery-mode",
+            "discovery-removal-grace",
+            "state-dir",
+            "workers"
+        ]
+    );
 }

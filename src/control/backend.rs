@@ -27,6 +27,18 @@ use crate::metrics::{Metrics, ServerMetrics};
 use crate::server::ServerSpec;
 pub use crate::server::{Source, State};
 
+/// Why a server's host name could not be resolved again (its last addresses are kept).
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("cannot resolve {host}: {source}")]
+    Lookup {
+        host: String,
+        source: std::io::Error,
+    },
+    #[error("{host} resolved to no address")]
+    NoAddress { host: String },
+}
+
 /// What a client connection saw a server fail at (passive failover).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PassiveFailure {
@@ -197,7 +209,7 @@ impl Backend {
     }
 
     /// Resolves the host name again; keeps the old addresses when resolution fails.
-    pub async fn resolve(&self) -> Result<(), String> {
+    pub async fn resolve(&self) -> Result<(), ResolveError> {
         if !self.needs_resolution() {
             return Ok(());
         }
@@ -207,7 +219,9 @@ impl Backend {
                 let mut found: Vec<SocketAddr> = it.collect();
                 found.dedup();
                 if found.is_empty() {
-                    return Err(format!("{} resolved to no address", self.spec.host));
+                    return Err(ResolveError::NoAddress {
+                        host: self.spec.host.clone(),
+                    });
                 }
                 if *self.addrs.load_full() != found {
                     tracing::info!(server = %self.name, addresses = ?found, "resolved");
@@ -215,7 +229,10 @@ impl Backend {
                 }
                 Ok(())
             }
-            Err(e) => Err(format!("cannot resolve {}: {e}", self.spec.host)),
+            Err(source) => Err(ResolveError::Lookup {
+                host: self.spec.host.clone(),
+                source,
+            }),
         }
     }
 

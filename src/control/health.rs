@@ -276,7 +276,7 @@ async fn connect(b: &Backend, ctx: &HealthContext) -> Result<TlsStream<TcpStream
     if b.needs_resolution() {
         if let Err(e) = b.resolve().await {
             if b.addrs().is_empty() {
-                return Err(Ending::of(Cause::unreachable, e));
+                return Err(Ending::of(Cause::unreachable, e.to_string()));
             }
             tracing::debug!(server = %b.name, error = %e, "keeping the last resolved addresses");
         }
@@ -333,10 +333,21 @@ async fn connect(b: &Backend, ctx: &HealthContext) -> Result<TlsStream<TcpStream
     }
 }
 
-fn readyz_uri(b: &Backend) -> Result<Uri, String> {
+/// A server whose address makes no `/readyz` URI (a host `ServerSpec` let through).
+#[derive(Debug, thiserror::Error)]
+#[error("bad /readyz URI for {spec}: {source}")]
+struct ReadyzUriError {
+    spec: String,
+    source: http::uri::InvalidUri,
+}
+
+fn readyz_uri(b: &Backend) -> Result<Uri, ReadyzUriError> {
     format!("https://{}/readyz", b.spec)
         .parse()
-        .map_err(|e| format!("bad /readyz URI for {}: {e}", b.spec))
+        .map_err(|source| ReadyzUriError {
+            spec: b.spec.to_string(),
+            source,
+        })
 }
 
 /// A /readyz over HTTP/2: its status, or the error that ended it (None: timed out).
@@ -376,7 +387,7 @@ where
     let s = c.s;
     let uri = match readyz_uri(b) {
         Ok(u) => u,
-        Err(e) => return Ending::of(Cause::protocol, e),
+        Err(e) => return Ending::of(Cause::protocol, e.to_string()),
     };
     let (io, goaway) = goaway::watch(io);
     let (sender, mut conn) = match tokio::time::timeout(s.timeout, h2::client::handshake(io)).await

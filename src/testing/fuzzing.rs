@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::RunArgs;
+use crate::config::Settings;
 use crate::config::{self, HealthSettings, ServerSpec};
 use crate::control::backend::{Backend, State};
 use crate::control::discovery;
@@ -33,9 +33,9 @@ pub fn config_file(data: &[u8]) {
             return;
         }
     };
-    let args = RunArgs {
+    let args = Settings {
         config: Some("fuzz.yaml".into()),
-        ..RunArgs::default()
+        ..Settings::default()
     };
     if let Err(e) = config::resolve(&args, file) {
         assert!(

@@ -191,3 +191,28 @@ fn state_changes_are_counted_by_the_state_entered() {
     assert_eq!(count(State::Down), 1);
     assert_eq!(count(State::Draining), 0);
 }
+
+#[tokio::test]
+async fn a_failed_re_resolution_says_why_and_keeps_the_last_addresses() {
+    // A NUL in the name fails the lookup before any resolver is asked: no traffic.
+    let host = "cp\0one".to_string();
+    let spec = ServerSpec {
+        host: host.clone(),
+        port: 6443,
+    };
+    let b = Backend::new(
+        spec,
+        &CancellationToken::new(),
+        Arc::new(Metrics::new()),
+        State::Unknown,
+    );
+    assert!(b.needs_resolution());
+    let before = b.addrs();
+    match b.resolve().await {
+        Err(e @ ResolveError::Lookup { .. }) => {
+            assert!(e.to_string().starts_with("cannot resolve cp\0one: "), "{e}");
+        }
+        other => panic!("expected a failed lookup, got {other:?}"),
+    }
+    assert_eq!(b.addrs(), before);
+}

@@ -48,8 +48,8 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use crate::cli::{ManifestArgs, RunArgs};
-use crate::config::{self, ConfigError, FileConfig, ServerSpec};
+use crate::cli::ManifestArgs;
+use crate::config::{self, ConfigError, ServerSpec, Settings};
 use crate::node::kubespray::{self, KubesprayError, LocalProxy};
 
 /// The example image reference errors and help show.
@@ -205,19 +205,21 @@ pub fn plan(a: &ManifestArgs, kubespray_defaults: (&Path, &Path)) -> Result<Plan
         .ca_file
         .clone()
         .unwrap_or_else(|| PathBuf::from(default_ca));
-    let run = RunArgs {
-        listen,
+    // An empty list is a flag not given, as on `apilb run`'s command line.
+    let given = |v: Vec<String>| (!v.is_empty()).then_some(v);
+    let run = Settings {
+        listen: given(listen),
         allow_non_loopback: a.allow_non_loopback,
-        server: servers,
+        server: given(servers),
         ca_file: Some(ca_file.clone()),
         health_client_cert: a.health_client_cert.clone(),
         health_client_key: a.health_client_key.clone(),
         admin_listen: a.admin_listen.clone(),
         discovery_kubeconfig: a.discovery_kubeconfig.clone(),
         state_dir: a.state_dir.clone(),
-        ..RunArgs::default()
+        ..Settings::default()
     };
-    let cfg = config::resolve(&run, FileConfig::default())?;
+    let cfg = config::resolve(&run, Settings::default())?;
     let discovery = cfg.discovery.as_ref().map(|d| DiscoveryPlan {
         kubeconfig: d.kubeconfig.clone(),
         cert_dir: a

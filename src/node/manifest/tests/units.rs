@@ -235,20 +235,13 @@ fn shell_line_quotes_what_a_shell_would_split_or_glob() {
 /// are valid keys with the real default values; every `apilb run` flag is documented.
 #[test]
 fn manifest_example_config_is_valid_complete_and_true_to_defaults() {
-    use clap::CommandFactory;
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/config.yaml");
     let text = std::fs::read_to_string(&path).unwrap();
     let as_given = config::read_file(&path).unwrap();
-    let cfg = config::resolve(&RunArgs::default(), as_given).unwrap();
+    let cfg = config::resolve(&Settings::default(), as_given).unwrap();
     assert!(!cfg.servers.is_empty());
 
-    let cmd = crate::cli::Cli::command();
-    let run = cmd.find_subcommand("run").unwrap();
-    let keys: Vec<&str> = run
-        .get_arguments()
-        .filter_map(|a| a.get_long())
-        .filter(|l| !matches!(*l, "config" | "help" | "check"))
-        .collect();
+    let keys = config::keys();
 
     // Uncomment every `# key: value` line: still valid, and equal to the config
     // without them (those comments show the defaults; `#   key: value`, indented, is an
@@ -259,7 +252,7 @@ fn manifest_example_config_is_valid_complete_and_true_to_defaults() {
             Some(rest)
                 if rest
                     .split_once(": ")
-                    .is_some_and(|(k, _)| keys.contains(&k)) =>
+                    .is_some_and(|(k, _)| keys.iter().any(|key| key == k)) =>
             {
                 rest.to_string()
             }
@@ -268,9 +261,9 @@ fn manifest_example_config_is_valid_complete_and_true_to_defaults() {
         .collect::<Vec<_>>()
         .join("\n");
     assert_ne!(uncommented, text, "no commented defaults found");
-    let full: FileConfig = yaml_serde::from_str(&uncommented)
+    let full: Settings = yaml_serde::from_str(&uncommented)
         .unwrap_or_else(|e| panic!("uncommented example does not load: {e}\n{uncommented}"));
-    let mut cfg_full = config::resolve(&RunArgs::default(), full).unwrap();
+    let mut cfg_full = config::resolve(&Settings::default(), full).unwrap();
     // Written out, the default is given: the one field that records it may differ.
     cfg_full.max_connections_given = cfg.max_connections_given;
     assert_eq!(format!("{cfg:?}"), format!("{cfg_full:?}"));
