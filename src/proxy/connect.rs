@@ -64,11 +64,14 @@ impl Upstream {
 }
 
 /// The committed server: its socket, the token that closes the connection when the server
-/// goes down, and the server's first bytes (already read, not yet sent to the client).
+/// goes down, the server's first bytes (already read, not yet sent to the client), and how
+/// many of the client's bytes it has been sent so far (every live racer has them all:
+/// written as they came, or replayed).
 pub struct Established {
     pub upstream: Upstream,
     pub token: CancellationToken,
     pub first_bytes: Vec<u8>,
+    pub client_bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -279,6 +282,7 @@ pub async fn establish(
     let mut pending: Option<PendingConnect> = None;
     let mut timer = Box::pin(tokio::time::sleep(Duration::from_secs(86_400)));
     let mut timer_armed = false;
+    let mut client_bytes = hello.len() as u64;
     if !hello.is_empty() {
         if write_all(&racers[0].up.stream, &hello).await.is_err() {
             let r = racers.swap_remove(0);
@@ -353,6 +357,7 @@ pub async fn establish(
                         }
                     }
                     Ok(bytes) => {
+                        client_bytes += bytes.len() as u64;
                         if !pinned {
                             if replay.len() + bytes.len() > s.replay_limit {
                                 pinned = true;
@@ -393,6 +398,7 @@ pub async fn establish(
                             token: winner.token,
                             upstream: winner.up,
                             first_bytes: buf[..n].to_vec(),
+                            client_bytes,
                         });
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -544,6 +550,7 @@ mod tests {
         .expect("the second server answers");
         assert!(Arc::ptr_eq(e.upstream.backend(), &good));
         assert_eq!(e.first_bytes, b"pong");
+        assert_eq!(e.client_bytes, 4);
         assert_eq!(got.await.unwrap(), b"ping");
         assert!(refused.passive_failed(), "the refusing server is marked");
         assert!(!good.passive_failed());
@@ -570,6 +577,11 @@ mod tests {
         .expect("the second server answers");
         assert!(Arc::ptr_eq(e.upstream.backend(), &good));
         assert_eq!(e.first_bytes, b"\x16\x03\x03 answer");
+        assert_eq!(
+            e.client_bytes,
+            hello.len() as u64,
+            "the replayed hello is counted"
+        );
         // Both servers got the hello: the first as sent, the second as replayed.
         assert_eq!(silent_got.await.unwrap(), hello);
         assert_eq!(replayed.await.unwrap(), hello);

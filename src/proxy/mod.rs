@@ -355,6 +355,7 @@ impl Proxy {
             return;
         }
         m.bytes_to_client.inc_by(first.len() as u64);
+        m.bytes_to_server.inc_by(est.client_bytes);
         drop(first);
         let server = &mut est.upstream.stream;
         let copying = copy::bidirectional(
