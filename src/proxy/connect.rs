@@ -64,14 +64,12 @@ impl Upstream {
 }
 
 /// The committed server: its socket, the token that closes the connection when the server
-/// goes down, the server's first bytes (already read, not yet sent to the client), and how
-/// many of the client's bytes it has been sent so far (every live racer has them all:
-/// written as they came, or replayed).
+/// goes down, and the server's first bytes (already read, not yet sent to the client).
+/// The client's bytes it was sent so far are already counted in its `bytes_to_server`.
 pub struct Established {
     pub upstream: Upstream,
     pub token: CancellationToken,
     pub first_bytes: Vec<u8>,
-    pub client_bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -394,11 +392,18 @@ pub async fn establish(
                 match racers[i].up.stream.try_read(&mut buf) {
                     Ok(n) if n > 0 => {
                         let winner = racers.swap_remove(i);
+                        // Every live racer was sent all the client said (as it came, or
+                        // replayed): counted for the one committed to, once.
+                        winner
+                            .up
+                            .backend()
+                            .metrics
+                            .bytes_to_server
+                            .inc_by(client_bytes);
                         return Ok(Established {
                             token: winner.token,
                             upstream: winner.up,
                             first_bytes: buf[..n].to_vec(),
-                            client_bytes,
                         });
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -550,7 +555,7 @@ mod tests {
         .expect("the second server answers");
         assert!(Arc::ptr_eq(e.upstream.backend(), &good));
         assert_eq!(e.first_bytes, b"pong");
-        assert_eq!(e.client_bytes, 4);
+        assert_eq!(good.metrics.bytes_to_server.get(), 4);
         assert_eq!(got.await.unwrap(), b"ping");
         assert!(refused.passive_failed(), "the refusing server is marked");
         assert!(!good.passive_failed());
@@ -578,10 +583,11 @@ mod tests {
         assert!(Arc::ptr_eq(e.upstream.backend(), &good));
         assert_eq!(e.first_bytes, b"\x16\x03\x03 answer");
         assert_eq!(
-            e.client_bytes,
+            good.metrics.bytes_to_server.get(),
             hello.len() as u64,
-            "the replayed hello is counted"
+            "the replayed hello is counted, for the server committed to"
         );
+        assert_eq!(silent.metrics.bytes_to_server.get(), 0);
         // Both servers got the hello: the first as sent, the second as replayed.
         assert_eq!(silent_got.await.unwrap(), hello);
         assert_eq!(replayed.await.unwrap(), hello);
