@@ -438,20 +438,11 @@ async fn rotated_client_certificate_is_used_by_the_next_request() {
         &["--health-client-cert", &cert, "--health-client-key", &key],
     );
     discovered(&lb, &[cp1.addr]).await;
-    let last = |who: &Standin| {
-        let pki = c.pki.share();
-        let addr = who.addr;
-        async move {
-            let (code, body) = request(addr, &pki, "GET", "/-/last-api-client", true)
-                .await
-                .unwrap();
-            assert_eq!(code, 200);
-            let v: serde_json::Value = serde_json::from_str(body.trim()).unwrap();
-            v["client_fp"].as_u64().unwrap()
-        }
-    };
     let first = std::fs::read_to_string(c.api.path().join("kubelet-client.crt")).unwrap();
-    assert_eq!(last(&cp1).await, cert_fp(&first));
+    assert_eq!(
+        cp1.last_client_fp(&c.pki, "/-/last-api-client").await,
+        cert_fp(&first)
+    );
     // kubelet rotates its certificate: new files in place.
     let (new_cert, new_key) = c.pki.issue_client("system:node:test-node");
     write_pair(c.api.path(), &new_cert, &new_key);
@@ -460,7 +451,10 @@ async fn rotated_client_certificate_is_used_by_the_next_request() {
     let base = lb.metric(ROUNDS, OK).await;
     lb.metric_at_least(ROUNDS, OK, base + 2.0, Duration::from_secs(10))
         .await;
-    assert_eq!(last(&cp1).await, cert_fp(&new_cert));
+    assert_eq!(
+        cp1.last_client_fp(&c.pki, "/-/last-api-client").await,
+        cert_fp(&new_cert)
+    );
 }
 
 fn write_pair(dir: &Path, cert: &str, key: &str) {

@@ -425,18 +425,10 @@ async fn health_checks_follow_a_rotated_client_certificate() {
         ],
     );
     lb.wait_all_ready(&[&s]);
-    let presented = |s: &Standin| {
-        let (addr, pki) = (s.addr, pki.share());
-        async move {
-            let (code, body) = request(addr, &pki, "GET", "/-/last-readyz-client", true)
-                .await
-                .unwrap();
-            assert_eq!(code, 200, "{body}");
-            let v: serde_json::Value = serde_json::from_str(body.trim()).unwrap();
-            v["client_fp"].as_u64().unwrap()
-        }
-    };
-    assert_eq!(presented(&s).await, cert_fp(&c1));
+    assert_eq!(
+        s.last_client_fp(&pki, "/-/last-readyz-client").await,
+        cert_fp(&c1)
+    );
 
     // The kubelet's rotation: the symlink re-pointed in one rename.
     let tmp = dir.path().join("tmp-link");
@@ -446,7 +438,7 @@ async fn health_checks_follow_a_rotated_client_certificate() {
     s.restart();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let fp = presented(&s).await;
+        let fp = s.last_client_fp(&pki, "/-/last-readyz-client").await;
         if fp == cert_fp(&c2) {
             break;
         }

@@ -168,6 +168,16 @@ impl Standin {
         .unwrap();
         assert_eq!(code, 200);
     }
+
+    /// The fingerprint (`cert_fp`) of the client certificate the last request to a recording
+    /// path came with: `/-/last-api-client` (discovery's requests) or `/-/last-readyz-client`
+    /// (health checks). Asked directly, with the test's own client certificate.
+    pub async fn last_client_fp(&self, pki: &Pki, path: &str) -> u64 {
+        let (code, body) = request(self.addr, pki, "GET", path, true).await.unwrap();
+        assert_eq!(code, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(body.trim()).unwrap();
+        v["client_fp"].as_u64().unwrap()
+    }
 }
 
 impl Drop for Standin {

@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context as _, Result};
+use apilb::config::parse_duration;
 use bytes::Bytes;
 use clap::Parser;
 use http::Request;
@@ -42,10 +43,6 @@ use tokio_rustls::TlsConnector;
 
 /// The `/bytes` pattern's period (byte `i` is `i % 251`), as the stand-in serves it.
 const PERIOD: u64 = 251;
-
-fn duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e}; write e.g. 500ms, 2s or 1m"))
-}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -67,22 +64,22 @@ struct Args {
     #[arg(long, default_value_t = 100)]
     clients: u32,
     /// How long the load runs.
-    #[arg(long, value_parser = duration, default_value = "10s")]
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
     seconds: Duration,
     /// Watches per client.
     #[arg(long, default_value_t = 6)]
     watches: u32,
     /// Time between a watch's events.
-    #[arg(long, value_parser = duration, default_value = "500ms")]
+    #[arg(long, value_parser = parse_duration, default_value = "500ms")]
     watch_interval: Duration,
     /// Time between a client's small requests.
-    #[arg(long, value_parser = duration, default_value = "1s")]
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
     request_interval: Duration,
     /// Size of a small request's response.
     #[arg(long, default_value_t = 1024)]
     request_bytes: u64,
     /// Time between a client's LISTs (0: none).
-    #[arg(long, value_parser = duration, default_value = "20s")]
+    #[arg(long, value_parser = parse_duration, default_value = "20s")]
     list_interval: Duration,
     /// Size of a LIST response.
     #[arg(long, default_value_t = 2_000_000)]
